@@ -1,0 +1,18 @@
+"""The `pz` command line. Each command group lives in its own module; heavy libraries are
+imported inside commands so that `pz --help` starts fast."""
+
+import typer
+
+from planktonzilla.cli import ingest, sources, store_cmds, taxonomy
+
+app = typer.Typer(
+    name="pz",
+    help="planktonzilla: import, harmonize, train on and predict plankton images.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(ingest.ingest_app, name="ingest")
+app.add_typer(sources.app, name="sources")
+app.add_typer(taxonomy.app, name="taxonomy")
+sources.register(app, ingest.ingest_app)
+store_cmds.register(app)

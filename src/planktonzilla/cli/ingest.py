@@ -1,0 +1,165 @@
+"""`pz ingest …`: one sub-command per kind of input, each a thin wrapper around a reader
+(`planktonzilla.readers`) and `ObjectStore.ingest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from planktonzilla.cli._common import SOURCE_OPTION, STORE_OPTION, WORKERS_OPTION, run_ingest
+
+ingest_app = typer.Typer(
+    help="Import images (and their metadata) into a store.", no_args_is_help=True
+)
+
+INSTRUMENT_OPTION = typer.Option(
+    None, "--instrument", help="Instrument name stamped on each image."
+)
+LICENSE_OPTION = typer.Option(None, "--license", help="Licence (SPDX id, e.g. CC-BY-4.0).")
+LICENSE_URL_OPTION = typer.Option(None, "--license-url", help="URL of the licence text.")
+PIXEL_SIZE_OPTION = typer.Option(None, "--pixel-size-um", help="Pixel size in micrometres.")
+
+
+@ingest_app.command("folder")
+def ingest_folder(
+    path: Path = typer.Argument(..., exists=True, file_okay=False, help="Root of the image tree."),
+    store: Path = STORE_OPTION,
+    source: str = SOURCE_OPTION,
+    labels: list[Path] = typer.Option(
+        None,
+        "--labels",
+        help="CSV of file,label (repeatable). A root labels.csv is used when none is given.",
+    ),
+    instrument: str = INSTRUMENT_OPTION,
+    license: str = LICENSE_OPTION,
+    license_url: str = LICENSE_URL_OPTION,
+    pixel_size_um: float = PIXEL_SIZE_OPTION,
+    workers: int = WORKERS_OPTION,
+) -> None:
+    """Ingest a class-per-folder tree (optionally under train/ val/ test/), or a tree labelled
+    by CSV files. Every file is either stored or recorded as rejected with its reason."""
+    from planktonzilla.readers.folder import read_folder
+
+    report = run_ingest(
+        read_folder(path, labels=labels or None),
+        store=store,
+        source=source,
+        workers=workers,
+        instrument=instrument,
+        license=license,
+        license_url=license_url,
+        pixel_size_um=pixel_size_um,
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+# --- IFCB and FlowCam commands (helper R1 adds them below this line) ---
+
+
+@ingest_app.command("ifcb")
+def ingest_ifcb(
+    paths: list[Path] = typer.Argument(
+        ..., exists=True, help="IFCB bins (.hdr/.adc/.roi files) or folders searched for them."
+    ),
+    store: Path = STORE_OPTION,
+    source: str = SOURCE_OPTION,
+    labels: list[Path] = typer.Option(
+        None,
+        "--labels",
+        exists=True,
+        help="Manual-annotation .mat files, class2use.mat, or folders of them and/or of class "
+        "folders holding <pid>.png ROI images (repeatable).",
+    ),
+    license: str = LICENSE_OPTION,
+    license_url: str = LICENSE_URL_OPTION,
+    pixel_size_um: float = PIXEL_SIZE_OPTION,
+    workers: int = WORKERS_OPTION,
+) -> None:
+    """Ingest IFCB raw bins: one image per ROI (sample id = bin id, time from the bin name).
+    Empty, partial (no .roi) and invalid bins are recorded as rejected with their reason."""
+    from planktonzilla.readers.ifcb import read_ifcb
+
+    try:
+        records = read_ifcb(paths, labels=labels or None)
+    except (ValueError, OSError, ImportError) as e:
+        raise typer.BadParameter(str(e), param_hint="--labels") from e
+    report = run_ingest(
+        records,
+        store=store,
+        source=source,
+        workers=workers,
+        license=license,
+        license_url=license_url,
+        pixel_size_um=pixel_size_um,
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@ingest_app.command("flowcam")
+def ingest_flowcam(
+    paths: list[Path] = typer.Argument(
+        ..., exists=True, help="FlowCam run folders (or folders of runs), .lst or .flb files."
+    ),
+    store: Path = STORE_OPTION,
+    source: str = SOURCE_OPTION,
+    license: str = LICENSE_OPTION,
+    license_url: str = LICENSE_URL_OPTION,
+    workers: int = WORKERS_OPTION,
+) -> None:
+    """Ingest FlowCam VisualSpreadsheet runs: each particle cropped from its collage, labelled
+    from the run's .cla (a library's particles by the library name). Particles whose collage is
+    missing or whose box leaves it are recorded as rejected."""
+    from planktonzilla.readers.flowcam import read_flowcam
+
+    report = run_ingest(
+        read_flowcam(paths),
+        store=store,
+        source=source,
+        workers=workers,
+        license=license,
+        license_url=license_url,
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+# --- EcoTaxa commands (helper R2 adds them below this line) ---
+
+
+@ingest_app.command("ecotaxa")
+def ingest_ecotaxa(
+    paths: list[Path] = typer.Argument(
+        ..., exists=True, help="EcoTaxa / EcoPart TSVs, folders of them, or zip bundles."
+    ),
+    store: Path = STORE_OPTION,
+    source: str = SOURCE_OPTION,
+    missing_images: str = typer.Option(
+        "reject",
+        "--missing-images",
+        help="What to do with rows whose image is absent: 'reject' (missing_file) or "
+        "'metadata' (store the row as a metadata-only object).",
+    ),
+    instrument: str = INSTRUMENT_OPTION,
+    license: str = LICENSE_OPTION,
+    license_url: str = LICENSE_URL_OPTION,
+    pixel_size_um: float = PIXEL_SIZE_OPTION,
+    workers: int = WORKERS_OPTION,
+) -> None:
+    """Ingest EcoTaxa exports (TSV with or without the [t]/[f] type row, folders, zip bundles
+    with images) and EcoPart *_ZOO_raw_* exports (metadata-only objects placed by the
+    per-profile metadata summary). Every object row is stored or rejected with its reason."""
+    from planktonzilla.readers.ecotaxa import read_ecotaxa
+
+    if missing_images not in ("reject", "metadata"):
+        raise typer.BadParameter("use 'reject' or 'metadata'", param_hint="--missing-images")
+    report = run_ingest(
+        read_ecotaxa(paths, missing_images=missing_images),  # type: ignore[arg-type]
+        store=store,
+        source=source,
+        workers=workers,
+        instrument=instrument,
+        license=license,
+        license_url=license_url,
+        pixel_size_um=pixel_size_um,
+    )
+    raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,168 @@
+"""`pz stats`, `pz query`, `pz export`, `pz demo`: looking into a store and getting data out."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from planktonzilla.cli._common import console
+
+EXISTING_STORE = typer.Option(
+    ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
+)
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    imagefolder = "imagefolder"
+
+
+def _table(rows: list[dict], title: str | None = None, limit: int | None = None):
+    from rich.table import Table
+
+    if not rows:
+        return f"[bold]{title or 'Result'}[/]: none"
+    table = Table(title=title, title_justify="left")
+    for name in rows[0]:
+        table.add_column(name, overflow="fold")
+    for row in rows[:limit]:
+        table.add_row(
+            *("" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values())
+        )
+    if limit and len(rows) > limit:
+        table.caption = f"… {len(rows) - limit:,} more rows (use --json for all)"
+    return table
+
+
+def stats(
+    store: Path = EXISTING_STORE,
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    labels: int = typer.Option(15, "--labels", help="Raw labels to list per source (0: all)."),
+) -> None:
+    """Counts per source, instrument and raw label; rejections; label conflicts; image sizes."""
+    from planktonzilla.store import ObjectStore
+
+    s = ObjectStore(store).stats()
+    if as_json:
+        print(json.dumps(s, indent=1, default=str))
+        return
+    from rich.console import Console
+
+    out = Console()
+    out.print(
+        f"[bold]{store}[/]: read {s['read']:,} = stored {s['stored']:,}"
+        f" + rejected {s['rejected']:,}"
+    )
+    out.print(_table(s["sources"], "Sources"))
+    out.print(_table(s["instruments"], "Instruments"))
+    for source in [row["source"] for row in s["sources"]]:
+        rows = [r for r in s["raw_labels"] if r["source"] == source]
+        out.print(_table(rows, f"Raw labels of {source} ({len(rows)})", limit=labels or None))
+    out.print(_table(s["rejected_reasons"], "Rejected, by reason"))
+    out.print(
+        _table(
+            s["label_conflicts"],
+            f"Label conflicts ({len(s['label_conflicts'])}):"
+            " identical images filed under different labels",
+        )
+    )
+    out.print(_table([s["image_size"]], "Image size (px)"))
+
+
+def query(
+    sql: str = typer.Argument(..., help="DuckDB SQL over the views `objects` and `rejected`."),
+    store: Path = EXISTING_STORE,
+    fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+) -> None:
+    """Run SQL over the store, e.g. pz query "select raw_label, count(*) from objects group by 1"."""  # noqa: E501
+    import duckdb
+
+    from planktonzilla.store import ObjectStore
+
+    try:
+        table = ObjectStore(store).query(sql)
+    except duckdb.Error as exc:
+        console.print(f"[red]query failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    if "image" in table.column_names:  # bytes are useless on a terminal
+        table = table.drop_columns(["image"])
+    if fmt == "csv":
+        import sys
+
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif fmt == "json":
+        print(json.dumps(table.to_pylist(), indent=1, default=str))
+    else:
+        from rich.console import Console
+
+        Console().print(_table(table.to_pylist(), limit=200))
+
+
+def export(
+    fmt: ExportFormat = typer.Argument(..., help="parquet or imagefolder"),
+    store: Path = EXISTING_STORE,
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
+    label: str = typer.Option(
+        "raw_label", "--label", help="imagefolder: column naming the folders."
+    ),
+) -> None:
+    """Export the store: Parquet (loads with datasets.load_dataset("parquet", …), image bytes
+    kept) or an image-folder tree with metadata.csv."""
+    from planktonzilla.export import export_imagefolder, export_parquet
+    from planktonzilla.store import ObjectStore
+
+    s = ObjectStore(store)
+    if fmt is ExportFormat.parquet:
+        paths = export_parquet(s, out, where=where)
+        console.print(f"wrote {len(paths)} Parquet file(s) to {out}")
+    else:
+        n = export_imagefolder(s, out, label=label, where=where)
+        console.print(f"wrote {n:,} images to {out}")
+
+
+def demo(
+    out: Path = typer.Option(
+        Path("pz-demo"), "--out", "-o", help="Working directory for the demo."
+    ),
+    per_class: int = typer.Option(
+        40, "--per-class", min=2, help="Synthetic images per class and instrument."
+    ),
+    workers: int = typer.Option(1, "--workers", "-j", min=1),
+) -> None:
+    """Run the pipeline on the built-in SYNTHETIC sample (no download): build a store from
+    four synthetic instruments and print its statistics."""
+    from planktonzilla.cli._common import print_ingest_report
+    from planktonzilla.store import ObjectStore
+    from planktonzilla.synthetic import INSTRUMENTS, LICENSE, synthetic_records
+
+    console.print(
+        "[bold yellow]This demo uses a SYNTHETIC sample: procedurally drawn cartoons of plankton, "
+        "not real images.[/]"
+    )
+    store = ObjectStore(out / "store")
+    for name in INSTRUMENTS:
+        report = store.ingest(
+            synthetic_records(name, per_class=per_class),
+            source=f"synthetic-{name.lower()}",
+            workers=workers,
+            progress=True,
+        )
+        print_ingest_report(report)
+    stats(store=store.path, as_json=False, labels=5)
+    console.print(
+        f"\nStore: {store.path} (licence {LICENSE}). Next: "
+        f'pz query "select instrument, raw_label, count(*) n from objects group by all" --store {store.path}'  # noqa: E501
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(stats)
+    app.command()(query)
+    app.command()(export)
+    app.command()(demo)

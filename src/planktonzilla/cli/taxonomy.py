@@ -1,0 +1,231 @@
+"""`pz taxonomy …`: resolve labels, map a label list, check the shipped mapping, draw the
+label flow, review what a store's own sources left unresolved."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Harmonize raw labels onto one taxonomy (resolve, map, check, flow, review).",
+    no_args_is_help=True,
+)
+
+BACKBONE_OPTION = typer.Option(
+    None, "--backbone", help="Backbone directory (default: the packaged one)."
+)
+
+
+def _backbone(path: Path | None):
+    from planktonzilla.taxonomy.backbone import Backbone
+
+    try:
+        return Backbone.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _worms(online: bool, cache: Path | None):
+    if not online:
+        return None
+    from planktonzilla.taxonomy.worms import WormsClient
+
+    return WormsClient(cache_path=cache)
+
+
+@app.command()
+def resolve(
+    label: list[str] = typer.Argument(..., help="Raw label(s) to resolve."),
+    source: str = typer.Option("", "--source", "-S", help="Source the label comes from."),
+    online: bool = typer.Option(False, "--online", help="Ask WoRMS when the backbone fails."),
+    worms_cache: Path | None = typer.Option(None, "--worms-cache", help="WoRMS cache file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+    backbone: Path | None = BACKBONE_OPTION,
+) -> None:
+    """Resolve raw labels and print their lineage, flags and captions."""
+    import json
+
+    from planktonzilla.taxonomy.captions import bioclip_caption, lineage_caption
+    from planktonzilla.taxonomy.mapping import MAPPING_CSV, load_mapping
+    from planktonzilla.taxonomy.resolve import Resolver
+
+    resolver = Resolver(_backbone(backbone), _worms(online, worms_cache))
+    shipped = load_mapping() if backbone is None and MAPPING_CSV.is_file() and source else {}
+    rows = []
+    for raw in label:
+        row = shipped.get((source, raw)) or resolver.resolve(raw, source).row()
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return
+    from planktonzilla.taxonomy.lineage import Lineage
+
+    for row in rows:
+        lin = Lineage.from_dict(row)
+        typer.echo(f"{row['raw_label']!r} ({row['source'] or 'any source'})")
+        if row["status"] == "unresolved":
+            typer.echo(f"  unresolved: {row['reason']}")
+            continue
+        typer.echo(f"  name       {lin.name} ({lin.rank or '-'})  AphiaID {lin.aphia_id or '-'}")
+        typer.echo(f"  lineage    {' > '.join(v for v in lin.ranks() if v) or '-'}")
+        typer.echo(
+            f"  flags      root_class={lin.root_class} plankton={lin.plankton} "
+            f"qualifier={lin.qualifier or '-'}"
+        )
+        typer.echo(f"  provenance {row['provenance']} (confidence {row['confidence']})")
+        if row.get("reason"):
+            typer.echo(f"  note       {row['reason']}")
+        typer.echo(f"  caption    {lineage_caption(lin)}")
+        typer.echo(f"  bioclip    {bioclip_caption(lin)}")
+
+
+@app.command("map")
+def map_labels(
+    labels: Path = typer.Argument(..., exists=True, dir_okay=False, help="One label a line."),
+    source: str = typer.Option("", "--source", "-S", help="Source the labels come from."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="CSV file (default: stdout)."),
+    backbone: Path | None = BACKBONE_OPTION,
+) -> None:
+    """Resolve a file of labels (one a line) and write the mapping as CSV."""
+    import contextlib
+    import csv
+
+    from planktonzilla.taxonomy.mapping import _csv_row
+    from planktonzilla.taxonomy.resolve import COLUMNS, Resolver
+
+    resolver = Resolver(_backbone(backbone))
+    raw_labels = [
+        line.rstrip("\r\n") for line in labels.read_text(encoding="utf-8-sig").splitlines()
+    ]
+    raw_labels = [x for x in dict.fromkeys(raw_labels) if x.strip()]
+    rows = [resolver.resolve(raw, source).row() for raw in raw_labels]
+    unresolved = sum(row["status"] == "unresolved" for row in rows)
+    with contextlib.ExitStack() as stack:
+        fh = sys.stdout
+        if out:
+            fh = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_csv_row(row) for row in rows)
+    typer.echo(f"{len(raw_labels)} labels, {unresolved} unresolved", err=True)
+
+
+@app.command()
+def check(
+    mapping: Path | None = typer.Option(None, "--mapping", help="Mapping CSV (default: shipped)."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="source_labels.csv: every pair must be in the mapping."
+    ),
+    backbone: Path | None = BACKBONE_OPTION,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print warnings too."),
+) -> None:
+    """Check the mapping: valid rows, contiguous ranks, qualifiers in the vocabulary, one
+    lineage per accepted taxon, synonyms merged, agreement with the backbone."""
+    from planktonzilla.taxonomy.mapping import check_files, load_mapping
+
+    bb = _backbone(backbone)
+    try:
+        rows = load_mapping(mapping)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    errors, warnings = check_files(mapping, bb, labels)
+    if verbose:
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
+    for e in errors:
+        typer.echo(f"error: {e}", err=True)
+    resolved = sum(r["status"] == "resolved" for r in rows.values())
+    typer.echo(
+        f"{len(rows)} rows ({resolved} resolved, {len(rows) - resolved} unresolved): "
+        f"{len(errors)} errors, {len(warnings)} warnings"
+    )
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def flow(
+    out: Path = typer.Option(Path("flow.html"), "--out", "-o", help="HTML file to write."),
+    store: Path | None = typer.Option(None, "--store", "-s", help="Weight by image counts."),
+    mapping: Path | None = typer.Option(None, "--mapping", help="Mapping CSV (default: shipped)."),
+) -> None:
+    """Write a self-contained HTML Sankey: raw labels → harmonized ranks, per source."""
+    from planktonzilla.taxonomy.flow import flow_html
+    from planktonzilla.taxonomy.mapping import load_mapping
+
+    rows = dict(load_mapping(mapping))
+    counts = None
+    if store is not None:
+        counts = _store_counts(store)
+        rows.update(_store_rows(store))
+    out.write_text(flow_html(rows.values(), counts), encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
+
+
+def _store_counts(store: Path) -> dict[tuple[str, str], int]:
+    from planktonzilla.store import ObjectStore
+
+    table = ObjectStore(store).query(
+        "select source, raw_label, count(*) n from objects group by all"
+    )
+    if hasattr(table, "to_pylist"):
+        records = table.to_pylist()
+    elif hasattr(table, "fetchall"):
+        keys = ("source", "raw_label", "n")
+        records = [dict(zip(keys, r, strict=True)) for r in table.fetchall()]
+    else:  # pandas
+        records = table.to_dict("records")
+    return {(r["source"], r["raw_label"]): int(r["n"]) for r in records if r["raw_label"]}
+
+
+def _store_rows(store: Path) -> dict[tuple[str, str], dict]:
+    """Mapping rows a store saved for its own sources (`taxonomy/*.parquet`)."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for path in sorted((Path(store) / "taxonomy").glob("*.parquet")):
+        for r in pq.read_table(path).to_pylist():
+            rows[(r["source"], r["raw_label"])] = r
+    return rows
+
+
+@app.command()
+def review(
+    store: Path = typer.Option(..., "--store", "-s", help="Store directory."),
+    suggestions: int = typer.Option(3, "--suggestions", "-n", help="Suggestions per label."),
+    min_confidence: float = typer.Option(
+        0.0, "--min-confidence", help="Also list resolved rows below this confidence."
+    ),
+    backbone: Path | None = BACKBONE_OPTION,
+) -> None:
+    """List the labels of a store's sources that did not resolve, with suggestions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from planktonzilla.taxonomy.mapping import MAPPING_CSV, load_mapping
+
+    bb = _backbone(backbone)
+    rows = dict(load_mapping()) if MAPPING_CSV.is_file() else {}
+    own = _store_rows(store)
+    if not own and not (Path(store) / "taxonomy").is_dir():
+        typer.echo(f"no taxonomy tables under {store}/taxonomy", err=True)
+    sources = {s for s, _ in own}
+    rows = {k: v for k, v in rows.items() if k[0] in sources}
+    rows.update(own)
+    todo = [
+        r
+        for r in rows.values()
+        if r["status"] == "unresolved" or (r["confidence"] or 0) < min_confidence
+    ]
+    table = Table(title=f"{len(todo)} labels to review ({len(rows)} in {store})")
+    for col in ("source", "raw_label", "status", "reason", "suggestions"):
+        table.add_column(col)
+    for r in sorted(todo, key=lambda r: (r["source"], r["raw_label"])):
+        hint = ", ".join(bb.suggest(r["raw_label"], suggestions)) or "-"
+        reason = r["reason"] if r["status"] == "unresolved" else f"{r['name']} ({r['confidence']})"
+        table.add_row(r["source"], r["raw_label"], r["status"], reason, hint)
+    Console(width=160).print(table)

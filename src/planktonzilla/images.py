@@ -1,0 +1,86 @@
+"""Checking encoded image bytes before they enter the store: what format and size they are,
+and whether they decode completely. Nothing here re-encodes an image."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+#: Formats the store accepts (as Pillow names them). GIF and multi-page TIFF: first frame.
+ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "TIFF", "BMP", "GIF"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
+# Leading bytes of the accepted formats: a file that starts like an image but does not decode
+# is `corrupt`; anything else Pillow cannot identify is `unsupported_format`.
+_MAGIC = (b"\x89PNG", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+
+#: Plankton vignettes are small (median ~80x80 px); these limits only stop abuse.
+MAX_BYTES = 64 * 1024 * 1024
+MAX_PIXELS = 64_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str  # lower-case: png, jpeg, tiff, bmp, gif
+    width: int
+    height: int
+    channels: int
+
+
+class ImageRejected(Exception):
+    """The bytes are not an acceptable image; `reason` is the machine-readable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def probe(
+    data: bytes, *, name: str = "", max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
+) -> ImageInfo:
+    """Identify and fully decode `data`; raise `ImageRejected` with a reason when it is not a
+    complete image of an accepted format within the limits. `name` only improves messages
+    (its suffix decides `corrupt` versus `unsupported_format` for unidentifiable bytes)."""
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    if len(data) > max_bytes:
+        raise ImageRejected("too_large", f"{len(data):,} bytes is over the {max_bytes:,} limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("decompression_bomb", str(exc)) from None
+    except UnidentifiedImageError:
+        looks_like_image = data.startswith(_MAGIC) or name.lower().endswith(tuple(IMAGE_SUFFIXES))
+        if looks_like_image:
+            raise ImageRejected("corrupt", "not decodable as an image") from None
+        raise ImageRejected("unsupported_format", "not an image file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(_reason(exc), f"unreadable image header: {exc}") from None
+    with im:
+        if im.format not in ACCEPTED_FORMATS:
+            raise ImageRejected("unsupported_format", f"{im.format} images are not accepted")
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise ImageRejected("corrupt", f"invalid size {width}x{height}")
+        if width * height > max_pixels:
+            raise ImageRejected(
+                "decompression_bomb",
+                f"{width}x{height} = {width * height:,} pixels is over the {max_pixels:,} limit",
+            )
+        try:
+            im.load()  # full decode: catches truncated and corrupt pixel data
+        except OSError as exc:
+            raise ImageRejected(_reason(exc), f"decoding failed: {exc}") from None
+        except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            raise ImageRejected("corrupt", f"decoding failed: {exc}") from None
+        return ImageInfo(im.format.lower(), width, height, len(im.getbands()))
+
+
+def _reason(exc: Exception) -> str:
+    # Pillow says "truncated" both when headers and when pixel data end early.
+    return "truncated" if "truncat" in str(exc).lower() else "corrupt"

@@ -1,0 +1,247 @@
+"""Safe extraction of zip, tar, tar.gz/bz2/xz archives, and of archives nested in them.
+
+Every member is checked before a byte is written: no absolute paths or drive letters, no `..`
+components, no device files, links only when their target stays inside the tree (they are
+materialised as copies, so the extracted tree holds no links), and limits on the number of
+members and on the bytes actually written (a lying header cannot get past the byte limit).
+Extraction happens in a temporary sibling folder renamed into place only when complete, so a
+truncated or hostile archive never leaves a half-extracted tree that looks usable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+DEFAULT_MAX_BYTES = 4 << 40  # 4 TiB
+DEFAULT_MAX_MEMBERS = 50_000_000
+MAX_NESTING = 4
+_COPY = 1 << 20
+
+
+class ExtractError(Exception):
+    """An archive that cannot be extracted as it is (corrupt, truncated, over a limit)."""
+
+
+class UnsafeArchiveError(ExtractError):
+    """An archive member that would land outside the target folder, or a link or device."""
+
+
+@dataclass
+class _Budget:
+    max_bytes: int
+    max_members: int
+    bytes: int = 0
+    members: int = 0
+    archives: list[str] = field(default_factory=list)
+
+    def member(self, name: str) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise ExtractError(f"more than {self.max_members:,} members (at {name!r}); refusing")
+
+    def add(self, n: int, name: str) -> None:
+        self.bytes += n
+        if self.bytes > self.max_bytes:
+            raise ExtractError(
+                f"extracted size passes the limit of {self.max_bytes:,} bytes (at {name!r}); "
+                "refusing (a decompression bomb, or raise the limit)"
+            )
+
+
+def archive_kind(path: Path) -> str | None:
+    """'zip', 'tar' (any compression) or None, by content (not by name)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except (OSError, EOFError, tarfile.TarError):
+        pass
+    name = path.name.lower()
+    if name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return "broken"  # named like an archive, but neither reader accepts it
+    return None
+
+
+def safe_member_path(name: str) -> PurePosixPath:
+    """The relative path a member may be written to, or `UnsafeArchiveError`."""
+    raw = name.replace("\\", "/")
+    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+        raise UnsafeArchiveError(f"member {name!r} has an absolute path")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafeArchiveError(f"member {name!r} escapes the target folder ('..')")
+    if any("\x00" in p for p in parts):
+        raise UnsafeArchiveError(f"member {name!r} has a NUL byte in its name")
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _link_target(member: PurePosixPath, target: str, hard: bool) -> PurePosixPath:
+    """Resolve a link's target inside the archive tree, or `UnsafeArchiveError`."""
+    t = target.replace("\\", "/")
+    if t.startswith("/") or (len(t) > 1 and t[1] == ":"):
+        raise UnsafeArchiveError(f"link {str(member)!r} points outside ({target!r})")
+    parts: list[str] = [] if hard else list(member.parent.parts)
+    for p in t.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not parts:
+                raise UnsafeArchiveError(f"link {str(member)!r} points outside ({target!r})")
+            parts.pop()
+        else:
+            parts.append(p)
+    return PurePosixPath(*parts)
+
+
+def extract(
+    archive: Path,
+    dest: Path,
+    *,
+    nested: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> Path:
+    """Extract `archive` into the folder `dest` (which must not exist yet) and return it.
+
+    With `nested`, archives found inside are extracted in turn into a folder named after
+    them (without extension), and removed; the limits count everything extracted. On any
+    error nothing is left at `dest`.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise ExtractError(f"{dest} already exists")
+    tmp = dest.with_name(f".{dest.name}.extracting")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    budget = _Budget(max_bytes, max_members)
+    try:
+        _extract_one(archive, tmp, budget)
+        if nested:
+            _extract_nested(tmp, budget, depth=1)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, dest)
+    return dest
+
+
+def _extract_nested(root: Path, budget: _Budget, depth: int) -> None:
+    found = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith("._") and archive_kind(p) in ("zip", "tar")
+    ]
+    if found and depth > MAX_NESTING:
+        raise ExtractError(f"archives nested deeper than {MAX_NESTING} levels")
+    for inner in found:
+        target = inner.with_name(_strip_archive_ext(inner.name))
+        if target.exists():
+            target = inner.with_name(inner.name + ".d")
+        target.mkdir()
+        _extract_one(inner, target, budget)
+        inner.unlink()
+        _extract_nested(target, budget, depth + 1)
+
+
+def _strip_archive_ext(name: str) -> str:
+    lower = name.lower()
+    for ext in (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar"):
+        if lower.endswith(ext):
+            return name[: -len(ext)] or name
+    return name
+
+
+def _extract_one(archive: Path, dest: Path, budget: _Budget) -> None:
+    kind = archive_kind(archive)
+    budget.archives.append(archive.name)
+    try:
+        if kind == "zip":
+            _extract_zip(archive, dest, budget)
+        elif kind == "tar":
+            _extract_tar(archive, dest, budget)
+        elif kind == "broken":
+            raise ExtractError(f"{archive.name}: truncated or corrupt archive (unreadable header)")
+        else:
+            raise ExtractError(f"{archive.name}: not a zip or tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.errno is not None:
+            raise  # disk full, permissions…: not the archive's fault
+        raise ExtractError(f"{archive.name}: truncated or corrupt archive ({exc})") from exc
+    except ValueError as exc:  # zlib/lzma errors inside tarfile streams
+        raise ExtractError(f"{archive.name}: corrupt archive ({exc})") from exc
+
+
+def _write(src, out: Path, expected: int | None, budget: _Budget, name: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(out, "wb") as fh:
+        while block := src.read(_COPY):
+            budget.add(len(block), name)
+            n += len(block)
+            fh.write(block)
+    if expected is not None and n != expected:
+        raise ExtractError(f"member {name!r}: {n:,} of {expected:,} bytes (truncated archive)")
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    links: list[tuple[PurePosixPath, PurePosixPath]] = []
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:  # check everything first: a hostile member stops it all
+            safe_member_path(info.filename)
+        for info in infos:
+            budget.member(info.filename)
+            rel = safe_member_path(info.filename)
+            mode = info.external_attr >> 16
+            if info.is_dir() or str(rel) == ".":
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+            elif stat.S_ISLNK(mode):
+                target = zf.read(info).decode("utf-8", "replace")
+                links.append((rel, _link_target(rel, target, hard=False)))
+            elif mode and not stat.S_ISREG(mode) and stat.S_IFMT(mode):
+                raise UnsafeArchiveError(f"member {info.filename!r} is not a regular file")
+            else:
+                with zf.open(info) as src:
+                    _write(src, dest / rel, info.file_size, budget, info.filename)
+    _materialise_links(dest, links, budget)
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    links: list[tuple[PurePosixPath, PurePosixPath]] = []
+    with tarfile.open(archive, "r:*") as tf:
+        for m in tf:  # streaming: members are checked as they come, before they are written
+            budget.member(m.name)
+            rel = safe_member_path(m.name)
+            if m.isdir():
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+            elif m.issym() or m.islnk():
+                links.append((rel, _link_target(rel, m.linkname, hard=m.islnk())))
+            elif m.isfile():
+                src = tf.extractfile(m)
+                _write(src, dest / rel, m.size, budget, m.name)
+            else:
+                raise UnsafeArchiveError(f"member {m.name!r} is a device or fifo; refusing")
+    _materialise_links(dest, links, budget)
+
+
+def _materialise_links(dest: Path, links, budget: _Budget) -> None:
+    """Replace in-tree links by copies of their targets (the tree never holds a link)."""
+    for rel, target in links:
+        src = dest / target
+        if not src.is_file() or src.is_symlink():
+            continue  # dangling or to a folder: nothing to copy
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        budget.add(src.stat().st_size, str(rel))
+        shutil.copyfile(src, out)

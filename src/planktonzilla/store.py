@@ -1,0 +1,613 @@
+"""The object store: a directory of immutable Parquet shards that pyarrow, DuckDB, pandas or
+Hugging Face `datasets` can open directly.
+
+    objects/<source>/part-NNNNN.parquet    one row per stored image (schema.OBJECTS)
+    rejected/<source>/part-NNNNN.parquet   one row per input not stored (schema.REJECTED)
+    manifest.json                          written last, atomically: what readers see
+
+Crash safety: a shard appears only by atomic rename, and every shard on disk is complete.
+A rerun of an interrupted ingest skips the inputs (by `origin`) already in a shard, adopts the
+shards the crashed run wrote, and then rewrites the manifest. Readers only see the shards the
+manifest lists, so a crashed ingest leaves the previous view intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from planktonzilla import __version__, schema
+from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, ImageRejected, probe
+from planktonzilla.records import DEFAULTABLE, Record, Rejection
+
+MANIFEST = "manifest.json"
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+class StoreError(Exception):
+    """A store-level problem the user must fix (bad source name, concurrent ingest…)."""
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did. `read` counts the inputs this run examined; inputs already
+    accounted for by an earlier run are `skipped` (a finished ingest rerun skips them all)."""
+
+    source: str
+    read: int = 0
+    stored: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    label_conflicts: int = 0  # duplicates whose kept copy carries another label or source
+
+    @property
+    def ok(self) -> bool:
+        return self.read == self.stored + self.rejected
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.source}: read {self.read:,} = stored {self.stored:,} + rejected "
+            f"{self.rejected:,}"
+            + (f"  (already in store: {self.skipped:,})" if self.skipped else "")
+        ]
+        for reason, n in self.reasons.most_common():
+            lines.append(f"  rejected {n:,} x {reason}")
+        if self.label_conflicts:
+            lines.append(
+                f"  {self.label_conflicts:,} duplicate(s) carry a different label than the kept "
+                "copy: label conflicts (see `pz stats`)"
+            )
+        return "\n".join(lines)
+
+
+def _process(item: Record | Rejection, max_bytes: int, max_pixels: int):
+    """Read, probe and hash one input (runs in worker processes)."""
+    if isinstance(item, Rejection):
+        return item
+    try:
+        data = item.image_bytes()
+    except OSError as exc:
+        return _reject(item, "unreadable", f"cannot read: {exc}")
+    if data is None:
+        if not item.source_object_id:
+            return _reject(item, "bad_row", "metadata-only object without a source_object_id")
+        return item, None, None
+    try:
+        info = probe(data, name=item.origin, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        return _reject(item, exc.reason, exc.message)
+    item.image = data if isinstance(data, bytes) else bytes(data)
+    return item, info, hashlib.sha256(data).hexdigest()
+
+
+def _reject(item: Record, reason: str, message: str) -> Rejection:
+    return Rejection(item.origin, reason, message, item.source_object_id, item.raw_label)
+
+
+def _process_chunk(args):
+    chunk, max_bytes, max_pixels = args
+    return [_process(item, max_bytes, max_pixels) for item in chunk]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _ShardWriter:
+    """Buffers rows of one source and writes them as numbered shard pairs (objects and
+    rejected share the number), each by atomic rename."""
+
+    def __init__(self, root: Path, source: str, shard_rows: int, shard_bytes: int):
+        self.dirs = {kind: root / kind / source for kind in ("objects", "rejected")}
+        for d in self.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        numbers = [
+            int(m.group(1))
+            for d in self.dirs.values()
+            for p in d.iterdir()
+            if (m := _PART.match(p.name))
+        ]
+        self.next_part = max(numbers, default=-1) + 1
+        self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
+        self.objects: dict[str, list] = {name: [] for name in schema.OBJECTS.names}
+        self.rejected: dict[str, list] = {name: [] for name in schema.REJECTED.names}
+        self.buffered_bytes = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name, column in self.objects.items():
+            column.append(row.get(name))
+        self.buffered_bytes += len(row["image"] or b"")
+        self._maybe_flush()
+
+    def reject(self, row: dict[str, Any]) -> None:
+        for name, column in self.rejected.items():
+            column.append(row.get(name))
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        n = max(len(self.objects["object_id"]), len(self.rejected["origin"]))
+        if n >= self.shard_rows or self.buffered_bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        name = f"part-{self.next_part:05d}.parquet"
+        wrote = False
+        # Objects before rejections: if we die between the two, the rerun re-derives the
+        # rejections (duplicates then point at rows that are already stored).
+        for kind, columns, table_schema in (
+            ("objects", self.objects, schema.OBJECTS),
+            ("rejected", self.rejected, schema.REJECTED),
+        ):
+            if columns[table_schema.names[0]]:
+                table = pa.Table.from_pydict(columns, schema=table_schema)
+                _atomic_parquet(table, self.dirs[kind] / name)
+                for column in columns.values():
+                    column.clear()
+                wrote = True
+        self.buffered_bytes = 0
+        if wrote:
+            self.next_part += 1
+
+
+class _KnownObjects:
+    """Ids of every stored object, with the (source, label) each was filed under, in about
+    100 bytes per object: 16-byte id prefixes map to an index into a small pair vocabulary."""
+
+    def __init__(self):
+        self._ids: dict[bytes, int] = {}
+        self._pairs: list[tuple[str, str | None]] = []
+        self._index: dict[tuple[str, str | None], int] = {}
+
+    def add(self, object_id: str, source: str, label: str | None) -> None:
+        pair = (source, label)
+        index = self._index.get(pair)
+        if index is None:
+            index = self._index[pair] = len(self._pairs)
+            self._pairs.append(pair)
+        self._ids[bytes.fromhex(object_id[:32])] = index
+
+    def get(self, object_id: str) -> tuple[str, str | None] | None:
+        index = self._ids.get(bytes.fromhex(object_id[:32]))
+        return None if index is None else self._pairs[index]
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # Image bytes are already compressed: spend no CPU recompressing them.
+    compression = {name: "zstd" for name in table.column_names}
+    if "image" in compression:
+        compression["image"] = "none"
+    pq.write_table(table, tmp, compression=compression, row_group_size=1024)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # naive times are taken as UTC
+
+
+class ObjectStore:
+    """A plankton image store on disk.
+
+    >>> store = ObjectStore("store")
+    >>> report = store.ingest(read_folder("images/"), source="mydata", instrument="FlowCam")
+    >>> store.query("select raw_label, count(*) from objects group by 1").to_pylist()
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # ---------------------------------------------------------------- reading
+    def manifest(self) -> dict:
+        """The current manifest (an empty one for a new store)."""
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            return {"schema_version": schema.SCHEMA_VERSION, "sources": {}}
+
+    def manifest_hash(self) -> str:
+        """sha256 of manifest.json: identifies exactly what data a model or result saw."""
+        path = self.path / MANIFEST
+        return _sha256_file(path) if path.exists() else ""
+
+    def _files(self, kind: str, source: str | None = None) -> list[str]:
+        key = "shards" if kind == "objects" else "rejected_shards"
+        return [
+            str(self.path / shard["path"])
+            for name, entry in sorted(self.manifest()["sources"].items())
+            if source is None or name == source
+            for shard in entry[key]
+        ]
+
+    def dataset(self, kind: str = "objects", source: str | None = None):
+        """A `pyarrow.dataset.Dataset` over the manifest's shards of `kind`."""
+        import pyarrow.dataset as ds
+
+        table_schema = schema.OBJECTS if kind == "objects" else schema.REJECTED
+        return ds.dataset(self._files(kind, source), schema=table_schema, format="parquet")
+
+    def objects(
+        self,
+        *,
+        source: str | None = None,
+        columns: list[str] | None = None,
+        images: bool = False,
+        filter=None,
+        batch_size: int = 1024,
+    ) -> Iterator[dict[str, Any]]:
+        """Iterate stored objects as dicts. Image bytes are read only with `images=True`;
+        `filter` is a `pyarrow.compute` expression, e.g. `pc.field("raw_label") == "copepod"`."""
+        if columns is None:
+            columns = [n for n in schema.OBJECTS.names if images or n != "image"]
+        elif images and "image" not in columns:
+            columns = [*columns, "image"]
+        for batch in self.dataset("objects", source).to_batches(
+            columns=columns, filter=filter, batch_size=batch_size
+        ):
+            yield from batch.to_pylist()
+
+    def connect(self):
+        """A DuckDB connection with the views `objects` and `rejected` over this store."""
+        import duckdb
+
+        con = duckdb.connect()
+        for kind, table_schema in (("objects", schema.OBJECTS), ("rejected", schema.REJECTED)):
+            files = self._files(kind)
+            if files:
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(f"CREATE VIEW {kind} AS SELECT * FROM read_parquet([{listed}])")
+            else:
+                con.register(f"_{kind}_empty", table_schema.empty_table())
+                con.execute(f"CREATE VIEW {kind} AS SELECT * FROM _{kind}_empty")
+        return con
+
+    def query(self, sql: str) -> pa.Table:
+        """Run DuckDB SQL over the views `objects` and `rejected`."""
+        con = self.connect()
+        try:
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per source / instrument / raw label, rejection reasons, label conflicts and
+        the image size distribution."""
+        con = self.connect()
+
+        def rows(sql: str) -> list[dict]:
+            return con.sql(sql).to_arrow_table().to_pylist()
+
+        try:
+            totals = rows(
+                "SELECT (SELECT count(*) FROM objects) AS stored,"
+                " (SELECT count(*) FROM rejected) AS rejected"
+            )[0]
+            return {
+                "stored": totals["stored"],
+                "rejected": totals["rejected"],
+                "read": totals["stored"] + totals["rejected"],
+                "sources": rows(
+                    "SELECT source, sum(stored)::BIGINT AS stored,"
+                    " sum(rejected)::BIGINT AS rejected,"
+                    " sum(labels)::BIGINT AS raw_labels FROM ("
+                    "  SELECT source, count(*) AS stored, 0 AS rejected,"
+                    "   count(DISTINCT raw_label) AS labels FROM objects GROUP BY source"
+                    "  UNION ALL SELECT source, 0, count(*), 0 FROM rejected GROUP BY source"
+                    ") GROUP BY source ORDER BY source"
+                ),
+                "instruments": rows(
+                    "SELECT coalesce(instrument, '(none)') AS instrument, count(*) AS stored"
+                    " FROM objects GROUP BY 1 ORDER BY 2 DESC"
+                ),
+                "raw_labels": rows(
+                    "SELECT source, coalesce(raw_label, '(unlabelled)') AS raw_label,"
+                    " count(*) AS stored FROM objects GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+                ),
+                "rejected_reasons": rows(
+                    "SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n"
+                    " FROM rejected GROUP BY 1, 2 ORDER BY 1, 3 DESC"
+                ),
+                "label_conflicts": rows(LABEL_CONFLICTS_SQL),
+                "image_size": rows(
+                    "SELECT count(image_format) AS images,"
+                    " min(width) AS min_width, quantile_disc(width, 0.5) AS median_width,"
+                    " max(width) AS max_width, min(height) AS min_height,"
+                    " quantile_disc(height, 0.5) AS median_height, max(height) AS max_height,"
+                    " quantile_disc(width * height, [0.05, 0.5, 0.95]) AS pixels_p5_p50_p95"
+                    " FROM objects WHERE image_format IS NOT NULL"
+                )[0],
+            }
+        finally:
+            con.close()
+
+    # ---------------------------------------------------------------- writing
+    @contextmanager
+    def _lock(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"another process is writing to {self.path}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _shards_on_disk(self, kind: str, source: str | None = None) -> list[Path]:
+        base = self.path / kind
+        if not base.is_dir():
+            return []
+        dirs = [base / source] if source else sorted(p for p in base.iterdir() if p.is_dir())
+        return sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if _PART.match(p.name))
+
+    def _column(self, kind: str, name: str, source: str | None = None) -> Iterator[Any]:
+        for path in self._shards_on_disk(kind, source):
+            yield from pq.read_table(path, columns=[name]).column(name).to_pylist()
+
+    def ingest(
+        self,
+        records: Iterable[Record | Rejection],
+        *,
+        source: str,
+        instrument: str | None = None,
+        license: str | None = None,
+        license_url: str | None = None,
+        pixel_size_um: float | None = None,
+        workers: int = 1,
+        progress: bool = False,
+        shard_rows: int = 4096,
+        shard_bytes: int = 256 * 1024 * 1024,
+        max_bytes: int = MAX_BYTES,
+        max_pixels: int = MAX_PIXELS,
+    ) -> IngestReport:
+        """Store every image of `records` under `source`; record every other input in
+        `rejected`. Exact duplicates (same bytes, in any source) are stored once. Resumable
+        and idempotent: inputs whose `origin` is already accounted for are skipped. The
+        keyword metadata fill the fields a record leaves empty."""
+        if not _SOURCE_NAME.match(source):
+            raise StoreError(
+                f"invalid source name {source!r}: use letters, digits, '.', '_' or '-'"
+            )
+        defaults = {
+            "instrument": instrument,
+            "license": license,
+            "license_url": license_url,
+            "pixel_size_um": pixel_size_um,
+        }
+        report = IngestReport(source)
+        with self._lock():
+            for tmp in self.path.glob("*/*/*.tmp"):  # debris of a killed run
+                tmp.unlink()
+            accounted = set(self._column("objects", "origin", source))
+            accounted.update(self._column("rejected", "origin", source))
+            known = _KnownObjects()
+            for path in self._shards_on_disk("objects"):
+                t = pq.read_table(path, columns=["object_id", "source", "raw_label"])
+                for oid, src, label in zip(*(c.to_pylist() for c in t.columns), strict=True):
+                    known.add(oid, src, label)
+            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes)
+            seen_now: set[str] = set()
+
+            def fresh() -> Iterator[Record | Rejection]:
+                for item in records:
+                    if item.origin in accounted:
+                        report.skipped += 1
+                        continue
+                    report.read += 1
+                    if item.origin in seen_now:
+                        yield Rejection(
+                            item.origin,
+                            "duplicate_input",
+                            "the reader produced this input twice",
+                            item.source_object_id,
+                            item.raw_label,
+                        )
+                        continue
+                    seen_now.add(item.origin)
+                    if isinstance(item, Record):
+                        for key in DEFAULTABLE:
+                            if getattr(item, key) is None and defaults[key] is not None:
+                                setattr(item, key, defaults[key])
+                    yield item
+
+            results = self._processed(fresh(), workers, max_bytes, max_pixels)
+            now = datetime.now(UTC)
+            with _progress(progress, source) as advance:
+                for result in results:
+                    self._file(result, source, now, known, writer, report)
+                    advance()
+            writer.flush()
+            self._write_manifest()
+        return report
+
+    def _processed(self, items, workers: int, max_bytes: int, max_pixels: int):
+        if workers <= 1:
+            for item in items:
+                yield _process(item, max_bytes, max_pixels)
+            return
+        import multiprocessing
+
+        # spawn: DuckDB / Arrow threads in this process make fork unsafe.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            args = ((chunk, max_bytes, max_pixels) for chunk in _chunks(items, 64))
+            for chunk in pool.imap(_process_chunk, args, chunksize=1):
+                yield from chunk
+
+    @staticmethod
+    def _file(result, source: str, now: datetime, known, writer, report) -> None:
+        def reject(rej: Rejection, object_id: str | None = None) -> None:
+            report.rejected += 1
+            report.reasons[rej.reason.split(":")[0]] += 1
+            writer.reject(
+                {
+                    "source": source,
+                    "origin": rej.origin,
+                    "source_object_id": rej.source_object_id,
+                    "raw_label": rej.raw_label,
+                    "reason": rej.reason,
+                    "message": rej.message,
+                    "object_id": object_id,
+                    "rejected_at": now,
+                    "tool_version": __version__,
+                }
+            )
+
+        if isinstance(result, Rejection):
+            reject(result)
+            return
+        record, info, object_id = result
+        info: ImageInfo | None
+        if object_id is None:  # metadata-only: identity from the source's own id
+            object_id = hashlib.sha256(f"{source}\0{record.source_object_id}".encode()).hexdigest()
+        kept = known.get(object_id)
+        if kept:
+            kept_source, kept_label = kept
+            conflict = (kept_source, kept_label) != (source, record.raw_label)
+            report.label_conflicts += conflict
+            reject(
+                Rejection(
+                    record.origin,
+                    f"duplicate_of:{object_id}",
+                    f"identical to an object already stored in {kept_source!r}"
+                    + (f" as {kept_label!r}: label conflict" if conflict else ""),
+                    record.source_object_id,
+                    record.raw_label,
+                ),
+                object_id,
+            )
+            return
+        known.add(object_id, source, record.raw_label)
+        report.stored += 1
+        writer.add(
+            {
+                "object_id": object_id,
+                "source": source,
+                "source_object_id": record.source_object_id,
+                "raw_label": record.raw_label,
+                "image": record.image,
+                "image_format": info.format if info else None,
+                "width": info.width if info else None,
+                "height": info.height if info else None,
+                "channels": info.channels if info else None,
+                "instrument": record.instrument,
+                "pixel_size_um": record.pixel_size_um,
+                "lat": record.lat,
+                "lon": record.lon,
+                "depth_min": record.depth_min,
+                "depth_max": record.depth_max,
+                "time_utc": _utc(record.time_utc),
+                "sample_id": record.sample_id,
+                "license": record.license,
+                "license_url": record.license_url,
+                "origin": record.origin,
+                "extra": json.dumps(record.extra, sort_keys=True, default=str)
+                if record.extra
+                else None,
+                "ingested_at": now,
+                "tool_version": __version__,
+            }
+        )
+
+    def _write_manifest(self) -> None:
+        """Describe every shard on disk; reuse checksums of shards already described (shards
+        are immutable), hash only new ones. Written by atomic rename."""
+        previous = {
+            shard["path"]: shard
+            for entry in self.manifest()["sources"].values()
+            for key in ("shards", "rejected_shards")
+            for shard in entry[key]
+        }
+
+        def describe(path: Path) -> dict:
+            rel = path.relative_to(self.path).as_posix()
+            size = path.stat().st_size
+            old = previous.get(rel)
+            if old and old["bytes"] == size:
+                return old
+            rows = pq.ParquetFile(path).metadata.num_rows
+            return {"path": rel, "rows": rows, "bytes": size, "sha256": _sha256_file(path)}
+
+        sources: dict[str, dict] = {}
+        for kind, key in (("objects", "shards"), ("rejected", "rejected_shards")):
+            for path in self._shards_on_disk(kind):
+                entry = sources.setdefault(
+                    path.parent.name,
+                    {"objects": 0, "rejected": 0, "shards": [], "rejected_shards": []},
+                )
+                shard = describe(path)
+                entry[key].append(shard)
+                entry[kind] += shard["rows"]
+        manifest = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "tool_version": __version__,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "objects": sum(e["objects"] for e in sources.values()),
+            "rejected": sum(e["rejected"] for e in sources.values()),
+            "sources": dict(sorted(sources.items())),
+        }
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, self.path / MANIFEST)
+
+
+#: Duplicates whose kept copy was filed under another label or source.
+LABEL_CONFLICTS_SQL = """
+SELECT r.source, r.origin, r.raw_label, o.source AS kept_source, o.origin AS kept_origin,
+       o.raw_label AS kept_label, o.object_id
+FROM rejected r JOIN objects o ON o.object_id = r.object_id
+WHERE r.reason LIKE 'duplicate_of:%'
+  AND (r.raw_label IS DISTINCT FROM o.raw_label OR r.source <> o.source)
+ORDER BY r.source, r.origin
+"""
+
+
+@contextmanager
+def _progress(enabled: bool, source: str):
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed:,} inputs"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(f"ingesting {source}", total=None)
+        yield lambda: bar.advance(task)
