@@ -88,12 +88,11 @@ def test_manifest_describes_every_shard(isiis_store):
 
 
 def test_objects_iterates_without_image_bytes_unless_asked(isiis_store):
-    import pyarrow.compute as pc
-
     store, _ = isiis_store
-    rows = list(store.objects(filter=pc.field("raw_label") == "tunicate_salp"))
+    rows = list(store.objects(where="raw_label = 'tunicate_salp'", source="planktonset1.0"))
     assert rows and all(r["raw_label"] == "tunicate_salp" for r in rows)
     assert "image" not in rows[0]
+    assert {r["class"] for r in rows} == {"Thaliacea"}  # lineage joined at read time
     with_images = next(store.objects(columns=["object_id"], images=True))
     assert set(with_images) == {"object_id", "image"} and with_images["image"]
 
@@ -324,3 +323,38 @@ def test_metadata_only_objects(tmp_path):
     assert report.reasons == {"bad_row": 1, "duplicate_of": 1}
     rows = store.query("select image, width, instrument from objects").to_pylist()
     assert rows[0] == {"image": None, "width": None, "instrument": "UVP5"}
+
+
+def test_lineage_is_joined_at_read_time(tmp_path, shared_data):
+    store = ObjectStore(tmp_path / "store")
+    store.ingest(read_folder(shared_data / "flowcam_vliz"), source="vliz-own")
+    # a user's source: its labels are resolved at ingest into taxonomy/<source>.parquet
+    assert (store.path / "taxonomy" / "vliz-own.parquet").is_file()
+    assert store.manifest()["taxonomy_version"].startswith("1.")
+    rows = store.query(
+        "select distinct raw_label, taxon, phylum, class, root_class, taxonomy_status"
+        " from objects order by raw_label"
+    ).to_pylist()
+    by_label = {r["raw_label"]: r for r in rows}
+    assert by_label["Tripos"]["taxon"] == "Tripos"
+    assert by_label["Tripos"]["class"] == "Dinophyceae"
+    assert by_label["Dinoflagellata"]["taxon"] == "Dinophyceae"  # a synonym, merged
+    assert by_label["Ciliophora"]["phylum"] == "Ciliophora"
+    assert all(r["taxonomy_status"] == "resolved" for r in rows)
+
+    # the mapping lives beside the shards: dropping it changes the view, not a shard
+    before = store.manifest()["sources"]
+    (store.path / "taxonomy" / "vliz-own.parquet").unlink()
+    assert store.query("select count(taxon) n from objects").to_pylist() == [{"n": 0}]
+    assert store.manifest()["sources"] == before
+    # the shipped mapping covers the public collections' own names
+    tree = tmp_path / "tree" / "shrimp_zoea"
+    tree.mkdir(parents=True)
+    for p in sorted((shared_data / "isiis_ndsb" / "shrimp_zoea").glob("*.jpg"))[:5]:
+        (tree / p.name).symlink_to(p)
+    store.ingest(read_folder(tree.parent), source="planktonset1.0")
+    assert not (store.path / "taxonomy" / "planktonset1.0.parquet").exists()
+    [row] = store.query(
+        "select distinct taxon, qualifier from objects where source = 'planktonset1.0'"
+    ).to_pylist()
+    assert row == {"taxon": "Decapoda", "qualifier": "larvae"}

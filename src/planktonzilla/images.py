@@ -3,6 +3,7 @@ and whether they decode completely. Nothing here re-encodes an image."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -84,3 +85,26 @@ def probe(
 def _reason(exc: Exception) -> str:
     # Pillow says "truncated" both when headers and when pixel data end early.
     return "truncated" if "truncat" in str(exc).lower() else "corrupt"
+
+
+def examine(image, origin: str, max_bytes: int, max_pixels: int):
+    """Read, probe and hash one image (the part of ingest that runs in
+    worker processes, which import only this light module).
+    `image` is a Record's `image` field. Returns (bytes, ImageInfo, sha256 hex) or, for a
+    bad input, (None, reason, message)."""
+    try:
+        data = image if isinstance(image, bytes | bytearray) else image()
+    except OSError as exc:
+        return None, "unreadable", f"cannot read: {exc}"
+    try:
+        info = probe(data, name=origin, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        return None, exc.reason, exc.message
+    return bytes(data), info, hashlib.sha256(data).hexdigest()
+
+
+def examine_many(args):
+    # Only the image references travel to workers, not whole records: pickling records both
+    # ways cost as much as decoding.
+    images, max_bytes, max_pixels = args
+    return [examine(image, origin, max_bytes, max_pixels) for image, origin in images]

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planktonzilla import __version__, schema
-from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, ImageRejected, probe
+from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, examine, examine_many
 from planktonzilla.records import DEFAULTABLE, Record, Rejection
 
 MANIFEST = "manifest.json"
@@ -75,33 +75,24 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def _process(item: Record | Rejection, max_bytes: int, max_pixels: int):
-    """Read, probe and hash one input (runs in worker processes)."""
+def _outcome(item: Record | Rejection, examined):
+    """Combine an input with what `examine` found: a Rejection, or (record, info, hash)."""
     if isinstance(item, Rejection):
         return item
-    try:
-        data = item.image_bytes()
-    except OSError as exc:
-        return _reject(item, "unreadable", f"cannot read: {exc}")
-    if data is None:
+    if item.image is None:
         if not item.source_object_id:
-            return _reject(item, "bad_row", "metadata-only object without a source_object_id")
+            return Rejection(
+                item.origin,
+                "bad_row",
+                "metadata-only object without a source_object_id",
+                raw_label=item.raw_label,
+            )
         return item, None, None
-    try:
-        info = probe(data, name=item.origin, max_bytes=max_bytes, max_pixels=max_pixels)
-    except ImageRejected as exc:
-        return _reject(item, exc.reason, exc.message)
-    item.image = data if isinstance(data, bytes) else bytes(data)
-    return item, info, hashlib.sha256(data).hexdigest()
-
-
-def _reject(item: Record, reason: str, message: str) -> Rejection:
-    return Rejection(item.origin, reason, message, item.source_object_id, item.raw_label)
-
-
-def _process_chunk(args):
-    chunk, max_bytes, max_pixels = args
-    return [_process(item, max_bytes, max_pixels) for item in chunk]
+    data, info, digest = examined
+    if data is None:
+        return Rejection(item.origin, info, digest, item.source_object_id, item.raw_label)
+    item.image = data
+    return item, info, digest
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -131,24 +122,20 @@ class _ShardWriter:
         ]
         self.next_part = max(numbers, default=-1) + 1
         self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
-        self.objects: dict[str, list] = {name: [] for name in schema.OBJECTS.names}
-        self.rejected: dict[str, list] = {name: [] for name in schema.REJECTED.names}
+        # rows as tuples in schema order: one append per row keeps this off the hot path
+        self.objects: list[tuple] = []
+        self.rejected: list[tuple] = []
         self.buffered_bytes = 0
 
-    def add(self, row: dict[str, Any]) -> None:
-        for name, column in self.objects.items():
-            column.append(row.get(name))
-        self.buffered_bytes += len(row["image"] or b"")
-        self._maybe_flush()
+    def add(self, row: tuple) -> None:
+        self.objects.append(row)
+        self.buffered_bytes += len(row[_IMAGE] or b"")
+        if len(self.objects) >= self.shard_rows or self.buffered_bytes >= self.shard_bytes:
+            self.flush()
 
-    def reject(self, row: dict[str, Any]) -> None:
-        for name, column in self.rejected.items():
-            column.append(row.get(name))
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        n = max(len(self.objects["object_id"]), len(self.rejected["origin"]))
-        if n >= self.shard_rows or self.buffered_bytes >= self.shard_bytes:
+    def reject(self, row: tuple) -> None:
+        self.rejected.append(row)
+        if len(self.rejected) >= self.shard_rows:
             self.flush()
 
     def flush(self) -> None:
@@ -156,19 +143,26 @@ class _ShardWriter:
         wrote = False
         # Objects before rejections: if we die between the two, the rerun re-derives the
         # rejections (duplicates then point at rows that are already stored).
-        for kind, columns, table_schema in (
+        for kind, rows, table_schema in (
             ("objects", self.objects, schema.OBJECTS),
             ("rejected", self.rejected, schema.REJECTED),
         ):
-            if columns[table_schema.names[0]]:
-                table = pa.Table.from_pydict(columns, schema=table_schema)
-                _atomic_parquet(table, self.dirs[kind] / name)
-                for column in columns.values():
-                    column.clear()
+            if rows:
+                columns = [
+                    pa.array(values, type=field.type)
+                    for values, field in zip(zip(*rows, strict=True), table_schema, strict=True)
+                ]
+                _atomic_parquet(
+                    pa.Table.from_arrays(columns, schema=table_schema), self.dirs[kind] / name
+                )
+                rows.clear()
                 wrote = True
         self.buffered_bytes = 0
         if wrote:
             self.next_part += 1
+
+
+_IMAGE = schema.OBJECTS.names.index("image")
 
 
 class _KnownObjects:
@@ -252,47 +246,99 @@ class ObjectStore:
             for shard in entry[key]
         ]
 
-    def dataset(self, kind: str = "objects", source: str | None = None):
-        """A `pyarrow.dataset.Dataset` over the manifest's shards of `kind`."""
-        import pyarrow.dataset as ds
-
-        table_schema = schema.OBJECTS if kind == "objects" else schema.REJECTED
-        return ds.dataset(self._files(kind, source), schema=table_schema, format="parquet")
-
     def objects(
         self,
         *,
         source: str | None = None,
         columns: list[str] | None = None,
         images: bool = False,
-        filter=None,
+        where: str | None = None,
         batch_size: int = 1024,
     ) -> Iterator[dict[str, Any]]:
-        """Iterate stored objects as dicts. Image bytes are read only with `images=True`;
-        `filter` is a `pyarrow.compute` expression, e.g. `pc.field("raw_label") == "copepod"`."""
+        """Iterate objects (with their lineage columns) as dicts, streaming. Image bytes are
+        read only with `images=True`; `where` is a SQL condition on the `objects` view, e.g.
+        `"phylum = 'Arthropoda' and depth_max < 100"`."""
         if columns is None:
-            columns = [n for n in schema.OBJECTS.names if images or n != "image"]
-        elif images and "image" not in columns:
-            columns = [*columns, "image"]
-        for batch in self.dataset("objects", source).to_batches(
-            columns=columns, filter=filter, batch_size=batch_size
-        ):
-            yield from batch.to_pylist()
+            selected = "* EXCLUDE (image)" if not images else "*"
+        else:
+            names = [*columns, "image"] if images and "image" not in columns else columns
+            selected = ", ".join(f'"{c}"' for c in names)
+        conditions = [f"({where})"] if where else []
+        if source is not None:
+            conditions.append("source = $source")
+        sql = f"SELECT {selected} FROM objects"
+        if conditions:
+            sql += " WHERE " + " AND ".join(conditions)
+        con = self.connect()
+        try:
+            params = {"source": source} if source is not None else None
+            reader = con.sql(sql, params=params).to_arrow_reader(batch_size)
+            for batch in reader:
+                yield from batch.to_pylist()
+        finally:
+            con.close()
 
     def connect(self):
-        """A DuckDB connection with the views `objects` and `rejected` over this store."""
+        """A DuckDB connection with the views `objects` (image rows joined with their lineage:
+        kingdom … species, taxon, taxon_rank, aphia_id, root_class, plankton, qualifier,
+        taxonomy_status), `rejected`, and `taxonomy` (the mapping in use)."""
         import duckdb
 
         con = duckdb.connect()
         for kind, table_schema in (("objects", schema.OBJECTS), ("rejected", schema.REJECTED)):
             files = self._files(kind)
+            name = "objects_raw" if kind == "objects" else kind
             if files:
                 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {kind} AS SELECT * FROM read_parquet([{listed}])")
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
             else:
                 con.register(f"_{kind}_empty", table_schema.empty_table())
-                con.execute(f"CREATE VIEW {kind} AS SELECT * FROM _{kind}_empty")
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{kind}_empty")
+        con.register("_taxonomy", self.taxonomy())
+        con.execute("CREATE VIEW taxonomy AS SELECT * FROM _taxonomy")
+        lineage = ", ".join(f'NULLIF(t."{c}", \'\') AS "{c}"' for c in _LINEAGE_TEXT)
+        con.execute(
+            "CREATE VIEW objects AS SELECT o.*, "
+            + lineage
+            + ", NULLIF(t.name, '') AS taxon, NULLIF(t.rank, '') AS taxon_rank, t.aphia_id,"
+            " NULLIF(t.root_class, '') AS root_class, t.plankton,"
+            " NULLIF(t.qualifier, '') AS qualifier, t.status AS taxonomy_status"
+            " FROM objects_raw o LEFT JOIN taxonomy t"
+            " ON t.source = o.source AND t.raw_label = o.raw_label"
+        )
         return con
+
+    def taxonomy(self) -> pa.Table:
+        """The mapping joined at read time: the shipped mapping of the public collections,
+        plus the resolutions of this store's own sources (`taxonomy/<source>.parquet`)."""
+        from planktonzilla.taxonomy import mapping_table
+
+        shipped = mapping_table()
+        tables = [shipped]
+        covered = set(_pairs(shipped))
+        for path in sorted((self.path / "taxonomy").glob("*.parquet")):
+            local = pq.read_table(path).cast(shipped.schema)
+            # a shipped row wins once a mapping update covers the label
+            keep = [pair not in covered for pair in _pairs(local)]
+            tables.append(local.filter(pa.array(keep, pa.bool_())))
+        return pa.concat_tables(tables)
+
+    def _resolve_labels(self, source: str) -> None:
+        """Resolve the source's raw labels the shipped mapping does not cover, with the parser
+        and backbone, into `taxonomy/<source>.parquet` (derived data: rewritten each ingest)."""
+        from planktonzilla.taxonomy import load_mapping, resolve_labels
+
+        shipped = load_mapping()
+        labels = sorted(
+            {label for label in self._column("objects", "raw_label", source) if label}
+            - {label for s, label in shipped if s == source}
+        )
+        path = self.path / "taxonomy" / f"{source}.parquet"
+        if not labels:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(exist_ok=True)
+        _atomic_parquet(resolve_labels(source, labels), path)
 
     def query(self, sql: str) -> pa.Table:
         """Run DuckDB SQL over the views `objects` and `rejected`."""
@@ -303,8 +349,8 @@ class ObjectStore:
             con.close()
 
     def stats(self) -> dict[str, Any]:
-        """Counts per source / instrument / raw label, rejection reasons, label conflicts and
-        the image size distribution."""
+        """Counts per source / instrument / raw label / harmonized taxon, rejection reasons,
+        label conflicts and the image size distribution."""
         con = self.connect()
 
         def rows(sql: str) -> list[dict]:
@@ -335,6 +381,13 @@ class ObjectStore:
                 "raw_labels": rows(
                     "SELECT source, coalesce(raw_label, '(unlabelled)') AS raw_label,"
                     " count(*) AS stored FROM objects GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+                ),
+                "taxa": rows(
+                    "SELECT coalesce(root_class, '(unresolved)') AS root_class,"
+                    " coalesce(phylum, '') AS phylum, coalesce(taxon, '') AS taxon,"
+                    " coalesce(taxon_rank, '') AS rank, count(*) AS stored,"
+                    " count(DISTINCT source) AS sources FROM objects"
+                    " GROUP BY ALL ORDER BY stored DESC"
                 ),
                 "rejected_reasons": rows(
                     "SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n"
@@ -451,21 +504,44 @@ class ObjectStore:
                     self._file(result, source, now, known, writer, report)
                     advance()
             writer.flush()
+            self._resolve_labels(source)
             self._write_manifest()
         return report
 
     def _processed(self, items, workers: int, max_bytes: int, max_pixels: int):
+        def needs_examining(item) -> bool:
+            return isinstance(item, Record) and item.image is not None
+
         if workers <= 1:
             for item in items:
-                yield _process(item, max_bytes, max_pixels)
+                examined = (
+                    examine(item.image, item.origin, max_bytes, max_pixels)
+                    if needs_examining(item)
+                    else None
+                )
+                yield _outcome(item, examined)
             return
         import multiprocessing
 
+        def jobs(chunks):
+            for chunk in chunks:
+                images = [(i.image, i.origin) for i in chunk if needs_examining(i)]
+                yield chunk, (images, max_bytes, max_pixels)
+
         # spawn: DuckDB / Arrow threads in this process make fork unsafe.
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            args = ((chunk, max_bytes, max_pixels) for chunk in _chunks(items, 64))
-            for chunk in pool.imap(_process_chunk, args, chunksize=1):
-                yield from chunk
+            pending: list[list] = []
+
+            def args():
+                for chunk, job in jobs(_chunks(items, 64)):
+                    pending.append(chunk)
+                    yield job
+
+            for examined in pool.imap(examine_many, args(), chunksize=1):
+                chunk = pending.pop(0)
+                results = iter(examined)
+                for item in chunk:
+                    yield _outcome(item, next(results) if needs_examining(item) else None)
 
     @staticmethod
     def _file(result, source: str, now: datetime, known, writer, report) -> None:
@@ -473,17 +549,17 @@ class ObjectStore:
             report.rejected += 1
             report.reasons[rej.reason.split(":")[0]] += 1
             writer.reject(
-                {
-                    "source": source,
-                    "origin": rej.origin,
-                    "source_object_id": rej.source_object_id,
-                    "raw_label": rej.raw_label,
-                    "reason": rej.reason,
-                    "message": rej.message,
-                    "object_id": object_id,
-                    "rejected_at": now,
-                    "tool_version": __version__,
-                }
+                (  # schema.REJECTED order
+                    source,
+                    rej.origin,
+                    rej.source_object_id,
+                    rej.raw_label,
+                    rej.reason,
+                    rej.message,
+                    object_id,
+                    now,
+                    __version__,
+                )
             )
 
         if isinstance(result, Rejection):
@@ -513,33 +589,31 @@ class ObjectStore:
         known.add(object_id, source, record.raw_label)
         report.stored += 1
         writer.add(
-            {
-                "object_id": object_id,
-                "source": source,
-                "source_object_id": record.source_object_id,
-                "raw_label": record.raw_label,
-                "image": record.image,
-                "image_format": info.format if info else None,
-                "width": info.width if info else None,
-                "height": info.height if info else None,
-                "channels": info.channels if info else None,
-                "instrument": record.instrument,
-                "pixel_size_um": record.pixel_size_um,
-                "lat": record.lat,
-                "lon": record.lon,
-                "depth_min": record.depth_min,
-                "depth_max": record.depth_max,
-                "time_utc": _utc(record.time_utc),
-                "sample_id": record.sample_id,
-                "license": record.license,
-                "license_url": record.license_url,
-                "origin": record.origin,
-                "extra": json.dumps(record.extra, sort_keys=True, default=str)
-                if record.extra
-                else None,
-                "ingested_at": now,
-                "tool_version": __version__,
-            }
+            (  # schema.OBJECTS order
+                object_id,
+                source,
+                record.source_object_id,
+                record.raw_label,
+                record.image,
+                info.format if info else None,
+                info.width if info else None,
+                info.height if info else None,
+                info.channels if info else None,
+                record.instrument,
+                record.pixel_size_um,
+                record.lat,
+                record.lon,
+                record.depth_min,
+                record.depth_max,
+                _utc(record.time_utc),
+                record.sample_id,
+                record.license,
+                record.license_url,
+                record.origin,
+                json.dumps(record.extra, sort_keys=True, default=str) if record.extra else None,
+                now,
+                __version__,
+            )
         )
 
     def _write_manifest(self) -> None:
@@ -561,6 +635,8 @@ class ObjectStore:
             rows = pq.ParquetFile(path).metadata.num_rows
             return {"path": rel, "rows": rows, "bytes": size, "sha256": _sha256_file(path)}
 
+        from planktonzilla.taxonomy import mapping_version
+
         sources: dict[str, dict] = {}
         for kind, key in (("objects", "shards"), ("rejected", "rejected_shards")):
             for path in self._shards_on_disk(kind):
@@ -575,6 +651,7 @@ class ObjectStore:
             "schema_version": schema.SCHEMA_VERSION,
             "tool_version": __version__,
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "taxonomy_version": mapping_version(),
             "objects": sum(e["objects"] for e in sources.values()),
             "rejected": sum(e["rejected"] for e in sources.values()),
             "sources": dict(sorted(sources.items())),
@@ -583,6 +660,12 @@ class ObjectStore:
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.path / MANIFEST)
 
+
+def _pairs(table: pa.Table) -> Iterator[tuple[str, str]]:
+    return zip(table["source"].to_pylist(), table["raw_label"].to_pylist(), strict=True)
+
+
+_LINEAGE_TEXT = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 #: Duplicates whose kept copy was filed under another label or source.
 LABEL_CONFLICTS_SQL = """

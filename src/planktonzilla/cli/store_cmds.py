@@ -61,6 +61,7 @@ def stats(
     for source in [row["source"] for row in s["sources"]]:
         rows = [r for r in s["raw_labels"] if r["source"] == source]
         out.print(_table(rows, f"Raw labels of {source} ({len(rows)})", limit=labels or None))
+    out.print(_table(s["taxa"], "Harmonized taxa (all sources)", limit=labels or None))
     out.print(_table(s["rejected_reasons"], "Rejected, by reason"))
     out.print(
         _table(

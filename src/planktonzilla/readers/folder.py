@@ -62,16 +62,16 @@ def read_folder(root: Path, *, labels: list[Path] | None = None) -> Iterator[Rec
     root = Path(root)
     if labels is None and (root / "labels.csv").is_file():
         labels = [root / "labels.csv"]
-    label_files = {os.path.realpath(p) for p in labels or []}
-    files = [
-        (rel, full)
-        for rel, full in walk_relative(root)
-        if not (label_files and os.path.realpath(full) in label_files)
-    ]
-    top = {rel.split("/", 1)[0].lower() for rel, _ in files if "/" in rel}
+    top = {
+        e.name.lower()
+        for e in os.scandir(root)
+        if e.is_dir() and e.name not in JUNK_DIRS and not e.name.startswith("._")
+    }
     split_layout = bool(top) and top <= SPLIT_NAMES.keys()
-
+    files = walk_relative(root)  # streamed: memory does not grow with the tree
     if labels:
+        label_files = {os.path.realpath(p) for p in labels}
+        files = [(rel, full) for rel, full in files if os.path.realpath(full) not in label_files]
         present = {PurePosixPath(rel) for rel, _ in files}
         by_path, rejections = _read_label_files(labels, root, present)
         yield from rejections
