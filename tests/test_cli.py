@@ -160,3 +160,14 @@ def test_demo_builds_a_store(tmp_path):
     assert {s["source"] for s in stats["sources"]} == {
         f"synthetic-{name.lower()}" for name in INSTRUMENTS
     }
+    # the four vocabularies harmonize: every label resolves, copepods meet in one class
+    store = ObjectStore(tmp_path / "store")
+    unresolved = store.query(
+        "select distinct source, raw_label from objects where taxonomy_status <> 'resolved'"
+    ).to_pylist()
+    assert unresolved == []
+    copepods = store.query(
+        "select distinct source from objects where class = 'Copepoda'"
+    ).to_pylist()
+    assert len(copepods) == len(INSTRUMENTS)
+    assert "Copepoda" in (tmp_path / "flow.html").read_text()

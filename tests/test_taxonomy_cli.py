@@ -109,11 +109,11 @@ def test_flow_and_review_with_a_store(tmp_path, bb_dir, mapping_csv, shared_data
             records.append(Record(origin=path.name, image=path.read_bytes(), raw_label=folder))
     store = store_mod.ObjectStore(store_dir)
     store.ingest(records, source="planktonset1.0")
-    mine = [Record(origin="a.jpg", image=records[0].image, raw_label="Zorglub_sp")]
-    store.ingest(mine, source="mine")
+    other = next((shared_data / "isiis_ndsb" / "amphipods").glob("*.jpg")).read_bytes()
+    store.ingest([Record(origin="a.jpg", image=other, raw_label="Zorglub_sp")], source="mine")
     import pyarrow.parquet as pq
 
-    (store_dir / "taxonomy").mkdir()
+    # resolve "mine" against the small fixture backbone instead of the shipped one
     table = resolve_labels("mine", ["Zorglub_sp", "Calanus"], backbone=Backbone.load(bb_dir))
     pq.write_table(table, store_dir / "taxonomy" / "mine.parquet")
 

@@ -351,3 +351,29 @@ def test_ecotaxa_hierarchies_agree_with_lineages(shared_data, backbone, resolver
                 disagreements.append((category, hierarchy, taxon.rank, mine, taxon.name))
     assert disagreements == []
     assert compared > 100
+
+
+def test_users_labels_reuse_the_collections_agreed_resolution(shipped):
+    # `solitaryblack` is a UVP category, no taxon name: rules alone cannot resolve it, but
+    # every collection using it maps it to Collodaria, so a user's source gets that too
+    assert {shipped[(s, "solitaryblack")]["name"] for s in ("global_uvp5", "isiisnet")} == {
+        "Collodaria"
+    }
+    [row] = _resolve_all("my-uvp5-cruise", ["solitaryblack"])
+    assert (row["source"], row["name"], row["status"]) == (
+        "my-uvp5-cruise",
+        "Collodaria",
+        "resolved",
+    )
+    # a label the collections resolve differently is left to the rules
+    names = {}
+    for (_, label), row in shipped.items():
+        if row["status"] == "resolved":
+            names.setdefault(label, set()).add(row["name"])
+    disputed = sorted(label for label, n in names.items() if len(n) > 1)
+    assert disputed, "expected some raw labels with several meanings across collections"
+    from planktonzilla.taxonomy import resolve_label
+
+    for label in disputed[:5]:
+        [row] = _resolve_all("mine", [label])
+        assert row["name"] == resolve_label(label, "mine").row()["name"]

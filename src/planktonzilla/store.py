@@ -53,7 +53,7 @@ class IngestReport:
     rejected: int = 0
     skipped: int = 0
     reasons: Counter = field(default_factory=Counter)
-    label_conflicts: int = 0  # duplicates whose kept copy carries another label or source
+    label_conflicts: int = 0  # duplicates whose kept copy carries another raw label
 
     @property
     def ok(self) -> bool:
@@ -572,7 +572,7 @@ class ObjectStore:
         kept = known.get(object_id)
         if kept:
             kept_source, kept_label = kept
-            conflict = (kept_source, kept_label) != (source, record.raw_label)
+            conflict = kept_label != record.raw_label
             report.label_conflicts += conflict
             reject(
                 Rejection(
@@ -667,13 +667,13 @@ def _pairs(table: pa.Table) -> Iterator[tuple[str, str]]:
 
 _LINEAGE_TEXT = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
-#: Duplicates whose kept copy was filed under another label or source.
+#: Duplicates whose kept copy was filed under another raw label (in any source).
 LABEL_CONFLICTS_SQL = """
 SELECT r.source, r.origin, r.raw_label, o.source AS kept_source, o.origin AS kept_origin,
        o.raw_label AS kept_label, o.object_id
 FROM rejected r JOIN objects o ON o.object_id = r.object_id
 WHERE r.reason LIKE 'duplicate_of:%'
-  AND (r.raw_label IS DISTINCT FROM o.raw_label OR r.source <> o.source)
+  AND r.raw_label IS DISTINCT FROM o.raw_label
 ORDER BY r.source, r.origin
 """
 

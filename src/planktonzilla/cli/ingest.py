@@ -29,7 +29,7 @@ def ingest_folder(
     labels: list[Path] = typer.Option(
         None,
         "--labels",
-        help="CSV of file,label (repeatable). A root labels.csv is used when none is given.",
+        help="CSV of file,label (repeatable). Root *labels.csv files are used when none is given.",
     ),
     instrument: str = INSTRUMENT_OPTION,
     license: str = LICENSE_OPTION,

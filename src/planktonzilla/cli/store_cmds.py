@@ -137,7 +137,8 @@ def demo(
     workers: int = typer.Option(1, "--workers", "-j", min=1),
 ) -> None:
     """Run the pipeline on the built-in SYNTHETIC sample (no download): build a store from
-    four synthetic instruments and print its statistics."""
+    four synthetic instruments, harmonize their labels, print the statistics and write the
+    label-flow page (flow.html)."""
     from planktonzilla.cli._common import print_ingest_report
     from planktonzilla.store import ObjectStore
     from planktonzilla.synthetic import INSTRUMENTS, LICENSE, synthetic_records
@@ -156,6 +157,9 @@ def demo(
         )
         print_ingest_report(report)
     stats(store=store.path, as_json=False, labels=5)
+    from planktonzilla.cli.taxonomy import flow
+
+    flow(out=out / "flow.html", store=store.path, mapping=None)  # raw labels -> one taxonomy
     console.print(
         f"\nStore: {store.path} (licence {LICENSE}). Next: "
         f'pz query "select instrument, raw_label, count(*) n from objects group by all" --store {store.path}'  # noqa: E501

@@ -160,37 +160,30 @@ def flow(
     rows = dict(load_mapping(mapping))
     counts = None
     if store is not None:
-        counts = _store_counts(store)
-        rows.update(_store_rows(store))
+        own, counts = _store_mapping(store)
+        rows.update(own)
     out.write_text(flow_html(rows.values(), counts), encoding="utf-8")
     typer.echo(f"wrote {out}", err=True)
 
 
-def _store_counts(store: Path) -> dict[tuple[str, str], int]:
+def _store_mapping(store: Path) -> tuple[dict, dict]:
+    """The mapping rows of the labels a store holds, and their image counts."""
     from planktonzilla.store import ObjectStore
 
-    table = ObjectStore(store).query(
-        "select source, raw_label, count(*) n from objects group by all"
-    )
-    if hasattr(table, "to_pylist"):
-        records = table.to_pylist()
-    elif hasattr(table, "fetchall"):
-        keys = ("source", "raw_label", "n")
-        records = [dict(zip(keys, r, strict=True)) for r in table.fetchall()]
-    else:  # pandas
-        records = table.to_dict("records")
-    return {(r["source"], r["raw_label"]): int(r["n"]) for r in records if r["raw_label"]}
-
-
-def _store_rows(store: Path) -> dict[tuple[str, str], dict]:
-    """Mapping rows a store saved for its own sources (`taxonomy/*.parquet`)."""
-    import pyarrow.parquet as pq
-
-    rows = {}
-    for path in sorted((Path(store) / "taxonomy").glob("*.parquet")):
-        for r in pq.read_table(path).to_pylist():
-            rows[(r["source"], r["raw_label"])] = r
-    return rows
+    s = ObjectStore(store)
+    counts = {
+        (r["source"], r["raw_label"]): r["n"]
+        for r in s.query(
+            "select source, raw_label, count(*) n from objects"
+            " where raw_label is not null group by all"
+        ).to_pylist()
+    }
+    rows = {
+        (r["source"], r["raw_label"]): r
+        for r in s.taxonomy().to_pylist()
+        if (r["source"], r["raw_label"]) in counts
+    }
+    return rows, counts
 
 
 @app.command()
@@ -202,20 +195,12 @@ def review(
     ),
     backbone: Path | None = BACKBONE_OPTION,
 ) -> None:
-    """List the labels of a store's sources that did not resolve, with suggestions."""
+    """List the labels in a store that did not resolve, with suggestions."""
     from rich.console import Console
     from rich.table import Table
 
-    from planktonzilla.taxonomy.mapping import MAPPING_CSV, load_mapping
-
     bb = _backbone(backbone)
-    rows = dict(load_mapping()) if MAPPING_CSV.is_file() else {}
-    own = _store_rows(store)
-    if not own and not (Path(store) / "taxonomy").is_dir():
-        typer.echo(f"no taxonomy tables under {store}/taxonomy", err=True)
-    sources = {s for s, _ in own}
-    rows = {k: v for k, v in rows.items() if k[0] in sources}
-    rows.update(own)
+    rows, _ = _store_mapping(store)
     todo = [
         r
         for r in rows.values()

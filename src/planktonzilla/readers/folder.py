@@ -54,14 +54,14 @@ def read_folder(root: Path, *, labels: list[Path] | None = None) -> Iterator[Rec
     Without `labels`, an image's label is the name of its folder (none for images directly in
     `root` or in a split folder). When the top-level folders are split names (train, val,
     validation, test…) the split goes to `extra["upstream_split"]`. With `labels` (CSV files
-    with a file and a label column; a root `labels.csv` is used when none is given), labels
+    with a file and a label column; root `*labels.csv` files are used when none is given), labels
     come from the CSVs (their other columns go to `extra`), images the CSVs do not list are
     stored unlabelled, and rows naming a missing file are rejected. A CSV named `train.csv`,
     `test_labels.csv`… also gives the split of its rows.
     """
     root = Path(root)
-    if labels is None and (root / "labels.csv").is_file():
-        labels = [root / "labels.csv"]
+    if labels is None:  # labels.csv, train_labels.csv, test_labels.csv… at the root
+        labels = sorted(p for p in root.glob("*.csv") if p.name.lower().endswith("labels.csv"))
     top = {
         e.name.lower()
         for e in os.scandir(root)

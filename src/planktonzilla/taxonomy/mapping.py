@@ -151,16 +151,33 @@ def resolve_labels(
     source: str, labels: Iterable[str], *, backbone: Backbone | None = None
 ) -> pa.Table:
     """Resolve a source's labels (e.g. a user's own, at ingest): the shipped row when the pair
-    is in the mapping, else parser + backbone. One row per distinct label, columns `COLUMNS`."""
+    is in the mapping; else the shipped resolution of the same raw label in the public
+    collections, when they all agree on it (users often keep EcoTaxa / UVP names such as
+    `solitaryblack`); else parser + backbone. One row per distinct label, columns `COLUMNS`."""
     shipped = _shipped() if backbone is None else {}
+    elsewhere = _agreed_by_label(shipped)
     resolver = Resolver(backbone) if backbone is not None else default_resolver()
     rows = []
     for label in dict.fromkeys(labels):
         if label is None:
             continue
-        row = shipped.get((source, label))
-        rows.append(dict(row) if row else resolver.resolve(label, source).row())
+        row = shipped.get((source, label)) or elsewhere.get(label)
+        rows.append(dict(row, source=source) if row else resolver.resolve(label, source).row())
     return rows_table(rows)
+
+
+def _agreed_by_label(shipped: dict) -> dict[str, dict]:
+    """raw label -> its shipped row, for labels every collection using them resolves alike."""
+    outcome = ("name", "qualifier", "root_class", "plankton")
+    by_label: dict[str, list[dict]] = {}
+    for (_, label), row in shipped.items():
+        if row["status"] == "resolved":
+            by_label.setdefault(label, []).append(row)
+    return {
+        label: rows[0]
+        for label, rows in by_label.items()
+        if len({tuple(r[k] for k in outcome) for r in rows}) == 1
+    }
 
 
 def check_mapping(
