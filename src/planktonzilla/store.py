@@ -281,7 +281,8 @@ class ObjectStore:
     def connect(self):
         """A DuckDB connection with the views `objects` (image rows joined with their lineage:
         kingdom … species, taxon, taxon_rank, aphia_id, root_class, plankton, qualifier,
-        taxonomy_status), `rejected`, and `taxonomy` (the mapping in use)."""
+        taxonomy_status), `rejected`, `taxonomy` (the mapping in use) and `splits` (scheme,
+        object_id, split: every `splits/<scheme>.parquet`; empty when none)."""
         import duckdb
 
         con = duckdb.connect()
@@ -306,6 +307,19 @@ class ObjectStore:
             " FROM objects_raw o LEFT JOIN taxonomy t"
             " ON t.source = o.source AND t.raw_label = o.raw_label"
         )
+        # splits/<scheme>.parquet (planktonzilla.splits), joined at read time
+        split_files = sorted(str(p) for p in (self.path / "splits").glob("*.parquet"))
+        if split_files:
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in split_files)
+            con.execute(
+                "CREATE VIEW splits AS SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1)"
+                f" AS scheme, object_id, split FROM read_parquet([{listed}], filename = true)"
+            )
+        else:
+            con.execute(
+                "CREATE VIEW splits AS SELECT NULL::VARCHAR AS scheme,"
+                " NULL::VARCHAR AS object_id, NULL::VARCHAR AS split WHERE false"
+            )
         return con
 
     def taxonomy(self) -> pa.Table:

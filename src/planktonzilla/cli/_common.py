@@ -29,13 +29,16 @@ def run_ingest(
     workers: int = 1,
     **defaults,
 ) -> IngestReport:
-    """Ingest `records` with a progress bar, print the read = stored + rejected summary."""
+    """Ingest `records` with a progress bar and print the read = stored + rejected summary;
+    exit non-zero if that balance does not hold."""
     from planktonzilla.store import ObjectStore
 
     report = ObjectStore(store).ingest(
         records, source=source, workers=workers, progress=True, **defaults
     )
     print_ingest_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
     return report
 
 

@@ -41,7 +41,7 @@ def ingest_folder(
     by CSV files. Every file is either stored or recorded as rejected with its reason."""
     from planktonzilla.readers.folder import read_folder
 
-    report = run_ingest(
+    run_ingest(
         read_folder(path, labels=labels or None),
         store=store,
         source=source,
@@ -51,10 +51,6 @@ def ingest_folder(
         license_url=license_url,
         pixel_size_um=pixel_size_um,
     )
-    raise typer.Exit(0 if report.ok else 1)
-
-
-# --- IFCB and FlowCam commands (helper R1 adds them below this line) ---
 
 
 @ingest_app.command("ifcb")
@@ -84,7 +80,7 @@ def ingest_ifcb(
         records = read_ifcb(paths, labels=labels or None)
     except (ValueError, OSError, ImportError) as e:
         raise typer.BadParameter(str(e), param_hint="--labels") from e
-    report = run_ingest(
+    run_ingest(
         records,
         store=store,
         source=source,
@@ -93,7 +89,6 @@ def ingest_ifcb(
         license_url=license_url,
         pixel_size_um=pixel_size_um,
     )
-    raise typer.Exit(0 if report.ok else 1)
 
 
 @ingest_app.command("flowcam")
@@ -112,7 +107,7 @@ def ingest_flowcam(
     missing or whose box leaves it are recorded as rejected."""
     from planktonzilla.readers.flowcam import read_flowcam
 
-    report = run_ingest(
+    run_ingest(
         read_flowcam(paths),
         store=store,
         source=source,
@@ -120,10 +115,6 @@ def ingest_flowcam(
         license=license,
         license_url=license_url,
     )
-    raise typer.Exit(0 if report.ok else 1)
-
-
-# --- EcoTaxa commands (helper R2 adds them below this line) ---
 
 
 @ingest_app.command("ecotaxa")
@@ -152,7 +143,7 @@ def ingest_ecotaxa(
 
     if missing_images not in ("reject", "metadata"):
         raise typer.BadParameter("use 'reject' or 'metadata'", param_hint="--missing-images")
-    report = run_ingest(
+    run_ingest(
         read_ecotaxa(paths, missing_images=missing_images),  # type: ignore[arg-type]
         store=store,
         source=source,
@@ -162,4 +153,3 @@ def ingest_ecotaxa(
         license_url=license_url,
         pixel_size_um=pixel_size_um,
     )
-    raise typer.Exit(0 if report.ok else 1)
