@@ -45,14 +45,17 @@ import math
 import posixpath
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
-from itertools import compress
-from operator import itemgetter
+from functools import cached_property, lru_cache
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from planktonzilla.readers.folder import walk_files
 from planktonzilla.records import FileBytes, Record, Rejection
@@ -77,6 +80,7 @@ _STATUS = {
 }
 _TYPE_MARK = re.compile(r"\[[A-Za-z]\]")
 _EMPTY = frozenset({"", "nan", "NaN", "NAN", "None", "NA"})
+_EMPTY_MARKERS = _EMPTY - {""}
 # Columns mapped onto Record fields (kept out of `extra` as such).
 _CORE = frozenset(
     {
@@ -121,12 +125,6 @@ _TEXT_ALWAYS = frozenset(
         "classif_qual",
     }
 )
-_RENAMED = {
-    "object_annotation_hierarchy": "hierarchy",
-    "object_annotation_status": "annotation_status",
-}
-
-
 # --------------------------------------------------------------------------- image access
 
 
@@ -339,11 +337,30 @@ class _TableError(Exception):
 
 @dataclass
 class _Table:
+    """A TSV's header and type row; its object rows are read on demand (`_read_body`)."""
+
     header: list[str]
     types: list[str] | None  # per column: "f", "t" or the unknown marker; None without a row
-    rows: list[list[str]]
-    first_line: int  # 1-based line number of rows[0]
-    type_issue: str | None = None
+    first_line: int  # 1-based line number of the first object row
+    type_issue: str | None
+    text: str
+    body_start: int  # offset in `text` of the first object row
+    header_cells: int  # cells in the header line, trailing empty ones included
+
+    def rows(self) -> list[list[str]]:
+        """The object rows, split row by row (blank lines left out)."""
+        body = self.text[self.body_start :]
+        rows = _split_lines(body)
+        if rows is None:
+            try:
+                rows = list(csv.reader(io.StringIO(body, newline=""), delimiter="\t"))
+            except csv.Error as exc:
+                raise _TableError("bad_header", f"unparseable TSV: {exc}") from None
+        return [r for r in rows if not _blank(r)]
+
+
+def _blank(row: list[str]) -> bool:
+    return len(row) <= 1 and not (row and row[0].strip())
 
 
 def _split_lines(text: str) -> list[list[str]] | None:
@@ -359,28 +376,37 @@ def _split_lines(text: str) -> list[list[str]] | None:
 
 
 def _parse_table(text: str) -> _Table:
-    rows = _split_lines(text)
-    if rows is None:
-        try:
-            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
-        except csv.Error as exc:
-            raise _TableError("bad_header", f"unparseable TSV: {exc}") from None
-    if not rows or not any(c.strip() for c in rows[0]):
-        raise _TableError("empty", "empty file (no header)")
-    header = [h.strip().lower() for h in rows[0]]
+    """The header and the type row (the first non-blank row under the header, when all its
+    cells are `[x]` markers or blank); the object rows after them are not parsed yet."""
+    source = io.StringIO(text, newline="")
+    reader = csv.reader(source, delimiter="\t")
+    try:
+        cells = next(reader, [])
+        if not any(c.strip() for c in cells):
+            raise _TableError("empty", "empty file (no header)")
+        start = source.tell()
+        for row in reader:
+            if not _blank(row):
+                break
+            start = source.tell()
+        else:
+            row = []
+    except csv.Error as exc:
+        raise _TableError("bad_header", f"unparseable TSV: {exc}") from None
+    header = [h.strip().lower() for h in cells]
     while header and not header[-1]:
         header.pop()
-    rows = [r for r in rows[1:] if len(r) > 1 or r[0].strip()]
     types = None
     type_issue = None
     first_line = 2
-    if rows and all(not c.strip() or _TYPE_MARK.fullmatch(c.strip()) for c in rows[0]):
-        marks = [c.strip()[1:2].lower() for c in rows.pop(0)]
+    if row and all(not c.strip() or _TYPE_MARK.fullmatch(c.strip()) for c in row):
+        marks = [c.strip()[1:2].lower() for c in row]
+        start = source.tell()
         first_line = 3
         if len(marks) != len(header) and any(marks[len(header) :]) or len(marks) < len(header):
             type_issue = f"the type row has {len(marks)} cells for {len(header)} columns"
         types = (marks + [""] * len(header))[: len(header)]
-    return _Table(header, types, rows, first_line, type_issue)
+    return _Table(header, types, first_line, type_issue, text, start, len(cells))
 
 
 def _kind(table: _Table) -> str:
@@ -396,131 +422,325 @@ def _kind(table: _Table) -> str:
     return "other"
 
 
+# --------------------------------------------------------------------------- object rows
+
+
+@dataclass
+class _Body:
+    """The object rows of a table as columns, one per header column: a numeric column holds
+    finite floats, None for empty cells, and the text of a cell that is not a number; any
+    other column the cells' text."""
+
+    header: list[str]
+    columns: list[Sequence[Any]]
+    numeric: list[bool]
+    n: int  # rows
+    too_long: dict[int, list[str]]  # row index -> row, for values beyond the header
+    gaps: set[int]  # numeric columns holding None or text
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.header)}
+
+    def text(self, name: str) -> list[str]:
+        """A column's text, stripped, '' for empty markers (and everywhere when absent)."""
+        i = self.index.get(name)
+        return [""] * self.n if i is None else self.text_at(i)
+
+    def text_at(self, i: int) -> list[str]:
+        """Column `i`'s text, as `text` gives it."""
+        values = list(map(str.strip, self.columns[i]))
+        if _EMPTY_MARKERS.isdisjoint(values):
+            return values
+        return ["" if v in _EMPTY else v for v in values]
+
+
+def _read_body(table: _Table, text_only: frozenset[str]) -> _Body:
+    """The object rows: columns typed `[f]` (or, without a type row, whose values in the first
+    `_INFER_ROWS` rows are all numbers) are numeric unless named in `text_only`. Parsed in
+    bulk by pyarrow; row by row for what it refuses (ragged rows, text in a numeric column…)."""
+    return _bulk_body(table, text_only) or _row_body(table, text_only)
+
+
+def _bulk_body(table: _Table, text_only: frozenset[str]) -> _Body | None:
+    """The body read by pyarrow, or None when it would not be read as `_row_body` reads it."""
+    header, types = table.header, table.types
+    if table.header_cells != len(header):
+        return None  # trailing columns without a name
+    names = [str(i) for i in range(len(header))]
+    wanted = [
+        bool(h) and h not in text_only and (types is None or t == "f")
+        for h, t in zip(header, types or header, strict=True)
+    ]
+    as_numbers = {n: pa.float64() if w else pa.string() for n, w in zip(names, wanted, strict=True)}
+    attempts = [as_numbers]
+    if types is None:  # read as numbers if all are (as EcoPart features), else inferred
+        attempts.append({n: t for n, t in as_numbers.items() if t == pa.string()})
+    body = table.text[table.body_start :]
+    data = None
+    for given in attempts:
+        try:
+            data = pa_csv.read_csv(
+                pa.py_buffer(body.encode()),
+                read_options=pa_csv.ReadOptions(column_names=names),
+                parse_options=pa_csv.ParseOptions(delimiter="\t", newlines_in_values='"' in body),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types=given, null_values=sorted(_EMPTY), strings_can_be_null=False
+                ),
+            )
+            break
+        except pa.ArrowInvalid:
+            continue
+    if data is None:
+        return None
+    n = data.num_rows
+    columns: list[Sequence[Any]] = []
+    numeric = [False] * len(header)
+    gaps: set[int] = set()
+    for i, column in enumerate(data.columns):
+        kind = column.type
+        if column.null_count == n:  # every cell empty
+            values = [""] * n
+        elif pa.types.is_string(kind):
+            values = column.to_pylist()
+            if wanted[i] and types is None and _all_numbers(values[:_INFER_ROWS]):
+                return None  # numbers in the first rows, text further down
+        elif pa.types.is_floating(kind) or pa.types.is_integer(kind):
+            if types is None and column.slice(0, _INFER_ROWS).null_count == min(n, _INFER_ROWS):
+                return None  # no number in the first rows: a text column
+            values, complete = _floats(column)
+            numeric[i] = True
+            if not complete:
+                gaps.add(i)
+        else:
+            return None  # inferred as dates, booleans…: their text is wanted
+        columns.append(values)
+    return _Body(header, columns, numeric, n, {}, gaps)
+
+
+def _floats(column: pa.ChunkedArray) -> tuple[list[float | None], bool]:
+    """The values as Python floats, None for nulls and infinities; and whether none is None."""
+    if column.type != pa.float64():
+        column = column.cast(pa.float64())
+    if column.null_count:
+        values = column.to_pylist()
+        total = pc.sum(column).as_py() or 0.0
+    else:
+        values = column.to_numpy().tolist()
+        total = sum(values)
+    if math.isfinite(total):
+        return values, not column.null_count
+    return [v if v is None or math.isfinite(v) else None for v in values], False
+
+
+def _row_body(table: _Table, text_only: frozenset[str]) -> _Body:
+    """The body split row by row: any table, however ragged, with text among its numbers."""
+    header = table.header
+    width = len(header)
+    rows = table.rows()
+    types = table.types
+    if types is None:
+        sample = [r for r in rows[:_INFER_ROWS] if len(r) == width]
+        first = list(zip(*sample, strict=True))
+        types = ["f" if first and _all_numbers(first[i]) else "t" for i in range(width)]
+    too_long: dict[int, list[str]] = {}
+    for n, row in enumerate(rows):
+        if len(row) > width:
+            if any(c.strip() for c in row[width:]):
+                too_long[n] = row
+            rows[n] = row[:width]
+        elif len(row) < width:
+            rows[n] = row + [""] * (width - len(row))
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    numeric = [
+        bool(h) and h not in text_only and t == "f" for h, t in zip(header, types, strict=True)
+    ]
+    gaps: set[int] = set()
+    for i in compress(range(width), numeric):
+        columns[i] = values = [_number(v) for v in columns[i]]
+        if not all(type(v) is float for v in values):
+            gaps.add(i)
+    return _Body(header, columns, numeric, len(rows), too_long, gaps)
+
+
+def _all_numbers(values: Iterable[str]) -> bool:
+    """True when the non-empty values are all numbers, and there is one."""
+    values = [v for v in values if v and v not in _EMPTY]
+    try:
+        list(map(float, values))
+    except ValueError:
+        return False
+    return bool(values)
+
+
+def _number(text: str) -> float | str | None:
+    """A finite float; None for empty, NaN or infinite; the stripped text if not a number."""
+    try:
+        value = float(text)
+    except ValueError:
+        text = text.strip()
+        return None if text in _EMPTY else text
+    return value if math.isfinite(value) else None
+
+
+def _extras(
+    body: _Body, mapped: frozenset[str], note_text: bool
+) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """Per row, `extra` for the named columns not in `mapped` (numbers, then text; empty cells
+    left out) and the issues: text kept in a numeric column, when `note_text`."""
+    header = body.header
+    cols = [i for i, h in enumerate(header) if h and h not in mapped]
+    num = [i for i in cols if body.numeric[i]]
+    txt = [i for i in cols if not body.numeric[i]]
+    keys = [header[i] for i in num]
+    gaps = list(dict.fromkeys(header[i] for i in num if i in body.gaps))
+    text_keys = [header[i] for i in txt]
+    numbers = _row_tuples([body.columns[i] for i in num], body.n)
+    texts = _row_tuples([body.text_at(i) for i in txt], body.n)
+    template = dict.fromkeys(keys)  # filling a copy is faster than growing a dict
+    for values, words in zip(numbers, texts, strict=True):
+        extra = template.copy()
+        extra.update(zip(keys, values, strict=True))
+        issues = []
+        for k in gaps:
+            v = extra[k]
+            if v is None:
+                del extra[k]
+            elif note_text and type(v) is str:
+                issues.append(f"{k} is typed [f] but holds {v!r}: kept as text")
+        for k, v in zip(text_keys, words, strict=True):
+            if v:
+                extra[k] = v
+        yield extra, issues
+
+
+def _row_tuples(columns: list[Sequence[Any]], n: int) -> Iterator[tuple[Any, ...]]:
+    return zip(*columns, strict=True) if columns else repeat((), n)
+
+
+_DMS = re.compile(
+    r"\s*([+-]?\d+(?:\.\d+)?)\s*°\s*(?:(\d+(?:\.\d+)?)\s*['′]?\s*"
+    r"(?:(\d+(?:\.\d+)?)\s*[\"″]?)?)?\s*([NSEWnsew])?\s*"
+)
+
+
+def _num(v: str, name: str, problems: list[str]) -> float | None:
+    """A position or depth from a cell's text ('' for none); a problem noted if unreadable."""
+    if not v:
+        return None
+    try:
+        return _float(v.replace(",", ".") if v.count(",") == 1 and "." not in v else v)
+    except ValueError:
+        pass
+    m = _DMS.fullmatch(v) if "°" in v else None
+    if m:  # degrees, minutes, seconds as some instruments write them ('43°0 0', 43°12.5'N)
+        deg, minutes, seconds, hemi = m.groups()
+        value = abs(float(deg)) + float(minutes or 0) / 60 + float(seconds or 0) / 3600
+        negative = deg.startswith("-") or (hemi or "").upper() in ("S", "W")
+        return -value if negative else value
+    problems.append(f"{name} {v!r} is not a number")
+    return None
+
+
 # --------------------------------------------------------------------------- EcoTaxa rows
 
+# Columns read as text whatever their type: mapped onto Record fields, or ids / dates / names.
+_ECOTAXA_TEXT = _CORE | _TEXT_ALWAYS
+# Pixel size columns, in order of preference: (name, scale) where a positive scale multiplies
+# the value into µm and a negative one is divided by it (resolutions).
+_PIXEL = (
+    ("process_particle_pixel_size_mm", 1000.0),
+    ("process_pixel", 1.0),
+    ("acq_pixel", 1000.0),
+    ("acq_resolution_pixels_per_micron", -1.0),
+    ("process_img_resolution", -25400.0),
+)
 
-class _EcoTaxaTable:
-    """Precomputed column layout of one EcoTaxa table, and the per-row conversion."""
 
-    def __init__(self, table: _Table):
-        header = table.header
-        self.width = len(header)
-        idx = {name: i for i, name in enumerate(header)}
-        self.idx = idx
-        self.issues_file: list[str] = []
-        types = table.types
-        if types is None:
-            types = self._infer_types(table)
-        else:
-            bad = sorted({header[i] for i, t in enumerate(types) if t not in ("f", "t", "")})
-            if bad:
-                self.issues_file.append(f"unknown type marker for {', '.join(bad)}: read as text")
-        num, text = [], []
-        for i, name in enumerate(header):
-            if not name or name in _CORE:
-                continue
-            key = _RENAMED.get(name, name)
-            if types[i] == "f" and name not in _TEXT_ALWAYS:
-                num.append((key, i))
-            else:
-                text.append((key, i))
-        self.num_keys = [k for k, _ in num]
-        self.num_get = _getter([i for _, i in num])
-        self.text_cols = text
-        g = idx.get
-        self.i_id = g("object_id")
-        self.i_img = g("img_file_name")
-        self.i_rank = g("img_rank")
-        self.i_cat = g("object_annotation_category")
-        self.i_hier = g("object_annotation_hierarchy")
-        self.i_status = g("object_annotation_status")
-        self.i_cat_id = g("object_annotation_category_id")
-        self.i_lat, self.i_lon = g("object_lat"), g("object_lon")
-        self.i_dmin, self.i_dmax = g("object_depth_min"), g("object_depth_max")
-        self.i_date, self.i_time = g("object_date"), g("object_time")
-        self.i_sample, self.i_acq = g("sample_id"), g("acq_id")
-        self.i_instr = g("acq_instrument")
-        self.pixel = [
-            (g(name), scale)
-            for name, scale in (
-                ("process_particle_pixel_size_mm", 1000.0),
-                ("process_pixel", 1.0),
-                ("acq_pixel", 1000.0),
-                ("acq_resolution_pixels_per_micron", -1.0),
-                ("process_img_resolution", -25400.0),
-            )
-            if g(name) is not None
-        ]
-
-    @staticmethod
-    def _infer_types(table: _Table) -> list[str]:
-        """Without a type row: a column is numeric when every non-empty value of the first
-        `_INFER_ROWS` rows is a number."""
-        sample = [r for r in table.rows[:_INFER_ROWS] if len(r) == len(table.header)]
-        columns = list(zip(*sample, strict=True)) if sample else []
-        types = []
-        for i, name in enumerate(table.header):
-            kind = "t"
-            if name not in _TEXT_ALWAYS and columns:
-                values = [v for v in columns[i] if v and v not in _EMPTY]
-                try:
-                    list(map(float, values))
-                    kind = "f" if values else "t"
-                except ValueError:
-                    kind = "t"
-            types.append(kind)
-        return types
-
-    def pixel_size(self, row: list[str]) -> float | None:
-        for i, scale in self.pixel:
+def _pixel_size(extra: dict[str, Any]) -> float | None:
+    for name, scale in _PIXEL:
+        v = extra.get(name)
+        if isinstance(v, str):
             try:
-                v = _float(row[i].strip())
+                v = _float(v)
             except ValueError:
                 continue
-            if v is None or v <= 0:
-                continue
-            return v * scale if scale > 0 else -scale / v
-        return None
-
-    def extra(self, row: list[str], issues: list[str]) -> dict[str, Any]:
-        extra = _numbers(self.num_keys, self.num_get(row), issues) if self.num_get else {}
-        for k, i in self.text_cols:
-            v = row[i]
-            if v and v not in _EMPTY:
-                extra[k] = v.strip()
-        return extra
+        if v is None or v <= 0:
+            continue
+        return v * scale if scale > 0 else -scale / v
+    return None
 
 
 def _ecotaxa_rows(
     table: _Table,
+    body: _Body,
     origin: str,
     container: _Container,
     rel_dir: str,
     missing_images: MissingImages,
 ) -> Iterator[Record | Rejection]:
-    t = _EcoTaxaTable(table)
-    width = t.width
+    header = table.header
+    width = len(header)
+    file_issues = []
+    if table.types is not None:
+        bad = sorted({header[i] for i, t in enumerate(table.types) if t not in ("f", "t", "")})
+        if bad:
+            file_issues.append(f"unknown type marker for {', '.join(bad)}: read as text")
+    text = body.text
+    rows = zip(
+        text("object_id"),
+        text("img_file_name"),
+        text("img_rank"),
+        text("object_annotation_category"),
+        text("object_annotation_hierarchy"),
+        text("object_annotation_status"),
+        text("object_annotation_category_id"),
+        text("object_lat"),
+        text("object_lon"),
+        text("object_depth_min"),
+        text("object_depth_max"),
+        text("object_date"),
+        text("object_time"),
+        text("sample_id"),
+        text("acq_id"),
+        text("acq_instrument"),
+        _extras(body, _CORE, note_text=True),
+        strict=True,
+    )
     seen: dict[tuple[str, str], int] = {}
     seen_ids: set[str] = set()
-    for n, row in enumerate(table.rows):
+    for n, (
+        oid,
+        img,
+        rank,
+        label,
+        hierarchy,
+        status_raw,
+        category_id,
+        lat_text,
+        lon_text,
+        dmin_text,
+        dmax_text,
+        date,
+        time,
+        sample,
+        acq,
+        instrument,
+        (extra, notes),
+    ) in enumerate(rows):
         line = table.first_line + n
-        if len(row) > width:
-            if any(c.strip() for c in row[width:]):
-                yield Rejection(
-                    f"{origin}:{line}",
-                    "bad_row",
-                    f"line {line} has {len(row)} values for {width} columns "
-                    f"(extra values {row[width:][:3]!r} without a header)",
-                    _get(row, t.i_id) or None,
-                )
-                continue
-            del row[width:]
-        elif len(row) < width:
-            row.extend([""] * (width - len(row)))
-        oid = _get(row, t.i_id)
-        rank = _get(row, t.i_rank)
+        if n in body.too_long:
+            row = body.too_long[n]
+            yield Rejection(
+                f"{origin}:{line}",
+                "bad_row",
+                f"line {line} has {len(row)} values for {width} columns "
+                f"(extra values {row[width:][:3]!r} without a header)",
+                oid or None,
+            )
+            continue
         rank = "" if rank in ("0", "0.0") else rank
-        label = _get(row, t.i_cat) or None
+        label = label or None
         # The object id names the row; further images of the same object add their rank.
         row_origin = f"{origin}#{oid}" + (f"@{rank or 0}" if oid in seen_ids else "")
         if not oid:
@@ -541,19 +761,18 @@ def _ecotaxa_rows(
         seen[key] = line
         seen_ids.add(oid)
         problems: list[str] = []
-        issues: list[str] = list(t.issues_file)
-        lat = _num(row, t.i_lat, "object_lat", problems)
-        lon = _num(row, t.i_lon, "object_lon", problems)
+        lat = _num(lat_text, "object_lat", problems)
+        lon = _num(lon_text, "object_lon", problems)
         if lat is not None and not -90 <= lat <= 90:
             problems.append(f"object_lat {lat} is outside [-90, 90]")
         if lon is not None and not -180 <= lon <= 360:
             problems.append(f"object_lon {lon} is outside [-180, 180]")
         elif lon is not None and lon > 180:
             lon -= 360
-        dmin = _num(row, t.i_dmin, "object_depth_min", problems)
-        dmax = _num(row, t.i_dmax, "object_depth_max", problems)
+        dmin = _num(dmin_text, "object_depth_min", problems)
+        dmax = _num(dmax_text, "object_depth_max", problems)
         try:
-            when, date_only = _timestamp(_get(row, t.i_date), _get(row, t.i_time))
+            when, date_only = _timestamp(date, time)
         except ValueError as exc:
             problems.append(str(exc))
             when, date_only = None, False
@@ -562,11 +781,10 @@ def _ecotaxa_rows(
                 row_origin, "bad_row", f"line {line}: " + "; ".join(problems), oid, label
             )
             continue
-        extra = t.extra(row, issues)
-        hierarchy = _get(row, t.i_hier)
+        pixel_size = _pixel_size(extra)
+        issues = [*file_issues, *notes]
         if hierarchy:
             extra["hierarchy"] = hierarchy
-        status_raw = _get(row, t.i_status)
         if status_raw:
             status = _STATUS.get(status_raw.lower())
             if status is None:
@@ -575,13 +793,11 @@ def _ecotaxa_rows(
             extra["annotation_status"] = status
             if label is None:
                 issues.append(f"annotation status {status_raw!r} without a category")
-        elif label is None and _get(row, t.i_cat_id):
+        elif label is None and category_id:
             issues.append("category id without category name or status: stored unlabelled")
         if date_only:
             extra["time_precision"] = "day"
-        sample = _get(row, t.i_sample) or _get(row, t.i_acq) or None
         image: Callable[[], bytes] | None = None
-        img = _get(row, t.i_img)
         if img:
             rel = posixpath.normpath(posixpath.join(rel_dir, img)) if rel_dir else img
             if _unsafe(img) or _unsafe(rel):
@@ -612,83 +828,16 @@ def _ecotaxa_rows(
             image=image,
             source_object_id=oid,
             raw_label=label,
-            instrument=_get(row, t.i_instr) or None,
-            pixel_size_um=t.pixel_size(row),
+            instrument=instrument or None,
+            pixel_size_um=pixel_size,
             lat=lat,
             lon=lon,
             depth_min=dmin,
             depth_max=dmax,
             time_utc=when,
-            sample_id=sample,
+            sample_id=sample or acq or None,
             extra=extra,
         )
-
-
-def _getter(indices: list[int]) -> Callable[[list[str]], tuple[str, ...]] | None:
-    """itemgetter that always returns a tuple (None for no indices)."""
-    if not indices:
-        return None
-    if len(indices) == 1:
-        i = indices[0]
-        return lambda row: (row[i],)
-    return itemgetter(*indices)
-
-
-def _numbers(keys: list[str], values: tuple[str, ...], issues: list[str] | None) -> dict:
-    """{key: float} for the non-empty values; text that is not a number is kept as text (and
-    noted in `issues`), NaN and infinities are dropped."""
-    try:
-        # C-level fast path: keys and values of the non-empty cells, all parsed at once.
-        out = dict(zip(compress(keys, values), map(float, filter(None, values)), strict=True))
-        total = sum(out.values())
-        if total - total == 0:  # no NaN or infinity among the values
-            return out
-    except ValueError:
-        pass
-    out = {}
-    for k, v in zip(keys, values, strict=True):
-        v = v.strip()
-        try:
-            x = _float(v)
-        except ValueError:
-            out[k] = v
-            if issues is not None:
-                issues.append(f"{k} is typed [f] but holds {v!r}: kept as text")
-            continue
-        if x is not None:
-            out[k] = x
-    return out
-
-
-def _get(row: list[str], i: int | None) -> str:
-    if i is None:
-        return ""
-    v = row[i].strip()
-    return "" if v in _EMPTY else v
-
-
-_DMS = re.compile(
-    r"\s*([+-]?\d+(?:\.\d+)?)\s*°\s*(?:(\d+(?:\.\d+)?)\s*['′]?\s*"
-    r"(?:(\d+(?:\.\d+)?)\s*[\"″]?)?)?\s*([NSEWnsew])?\s*"
-)
-
-
-def _num(row: list[str], i: int | None, name: str, problems: list[str]) -> float | None:
-    v = _get(row, i)
-    if not v:
-        return None
-    try:
-        return _float(v.replace(",", ".") if v.count(",") == 1 and "." not in v else v)
-    except ValueError:
-        pass
-    m = _DMS.fullmatch(v) if "°" in v else None
-    if m:  # degrees, minutes, seconds as some instruments write them ('43°0 0', 43°12.5'N)
-        deg, minutes, seconds, hemi = m.groups()
-        value = abs(float(deg)) + float(minutes or 0) / 60 + float(seconds or 0) / 3600
-        negative = deg.startswith("-") or (hemi or "").upper() in ("S", "W")
-        return -value if negative else value
-    problems.append(f"{name} {v!r} is not a number")
-    return None
 
 
 # --------------------------------------------------------------------------- EcoPart
@@ -709,7 +858,7 @@ def _summary_profiles(text: str) -> dict[str, _Profile]:
     table = _parse_table(text)
     idx = {n: i for i, n in enumerate(table.header)}
     out: dict[str, _Profile] = {}
-    for row in table.rows:
+    for row in table.rows():
         row = row + [""] * (len(table.header) - len(row))
 
         def get(name: str, row=row) -> str:
@@ -748,45 +897,49 @@ def _summary_profiles(text: str) -> dict[str, _Profile]:
     return out
 
 
+_NO_PROFILE = _Profile("", None, None, None, None, None, {})
 _ZOO_PROFILE = re.compile(r"^\d{14}_(.+?)_ZOO_raw_")
 
 
+# Columns mapped onto Record fields; with the always-text ones (and the object id), text.
+_ECOPART_CORE = frozenset(
+    {"orig_id", "name", "taxo_hierarchy", "classif_qual", "depth_including_offset", "psampleid"}
+)
+_ECOPART_TEXT = _ECOPART_CORE | _TEXT_ALWAYS | {"objid"}
+
+
 def _ecopart_rows(
-    table: _Table, origin: str, name: str, profiles: dict[str, _Profile] | None
+    table: _Table,
+    body: _Body,
+    origin: str,
+    name: str,
+    profiles: dict[str, _Profile] | None,
 ) -> Iterator[Record | Rejection]:
-    header = table.header
-    idx = {n: i for i, n in enumerate(header)}
-    width = len(header)
-    core = {"orig_id", "name", "taxo_hierarchy", "classif_qual", "depth_including_offset"}
-    num_cols = [(n, i) for i, n in enumerate(header) if n and n not in core and n != "psampleid"]
-    # Every ZOO feature column is numeric; anything else is kept as text.
-    types = _EcoTaxaTable._infer_types(table)
-    num = [(n, i) for n, i in num_cols if types[i] == "f" and n != "objid"]
-    txt = [(n, i) for n, i in num_cols if types[i] != "f" or n == "objid"]
-    num_keys = [n for n, _ in num]
-    num_get = _getter([i for _, i in num])
-    i_id, i_name, i_hier = idx.get("orig_id"), idx.get("name"), idx.get("taxo_hierarchy")
-    i_qual, i_depth, i_ps = (
-        idx.get("classif_qual"),
-        idx.get("depth_including_offset"),
-        idx.get("psampleid"),
-    )
+    width = len(table.header)
     m = _ZOO_PROFILE.match(name)
     file_profile = m.group(1) if m else None
+    text = body.text
+    rows = zip(
+        text("orig_id"),
+        text("name"),
+        text("taxo_hierarchy"),
+        text("classif_qual"),
+        text("depth_including_offset"),
+        text("psampleid"),
+        _extras(body, _ECOPART_CORE, note_text=False),
+        strict=True,
+    )
     seen: dict[str, int] = {}
-    for n, row in enumerate(table.rows):
+    for n, (oid, label, hierarchy, qual, depth_text, psample, (extra, _)) in enumerate(rows):
         line = table.first_line + n
-        if len(row) > width and any(c.strip() for c in row[width:]):
+        if n in body.too_long:
             yield Rejection(
                 f"{origin}:{line}",
                 "bad_row",
-                f"line {line} has {len(row)} values for {width} columns",
+                f"line {line} has {len(body.too_long[n])} values for {width} columns",
             )
             continue
-        if len(row) < width:
-            row = row + [""] * (width - len(row))
-        oid = _get(row, i_id)
-        label = _get(row, i_name) or None
+        label = label or None
         if not oid:
             yield Rejection(
                 f"{origin}:{line}", "bad_row", f"line {line} has no orig_id", None, label
@@ -803,41 +956,35 @@ def _ecopart_rows(
             continue
         seen[oid] = line
         problems: list[str] = []
-        depth = _num(row, i_depth, "depth_including_offset", problems)
+        depth = _num(depth_text, "depth_including_offset", problems)
         if problems:
             yield Rejection(f"{origin}#{oid}", "bad_row", f"line {line}: {problems[0]}", oid, label)
             continue
-        extra = _numbers(num_keys, num_get(row), None) if num_get is not None else {}
-        for k, i in txt:
-            if v := _get(row, i):
-                extra[k] = v
-        hier = _get(row, i_hier)
-        if hier:
-            extra["hierarchy"] = hier
-        qual = _get(row, i_qual)
+        if hierarchy:
+            extra["hierarchy"] = hierarchy
         if qual:
             extra["annotation_status"] = _STATUS.get(qual.lower(), qual)
-        psample = _get(row, i_ps)
         if psample:
             extra["psampleid"] = psample
         profile = profiles.get(psample) if profiles else None
-        if profile is not None:
-            extra.update(profile.extra)
-        else:
+        if profile is None:
+            profile = _NO_PROFILE
             extra["issues"] = ["no metadata summary row for this profile: no position or time"]
+        else:
+            extra.update(profile.extra)
         yield Record(
             origin=f"{origin}#{oid}",
             image=None,
             source_object_id=oid,
             raw_label=label,
-            instrument=profile.instrument if profile else None,
-            pixel_size_um=profile.pixel_size_um if profile else None,
-            lat=profile.lat if profile else None,
-            lon=profile.lon if profile else None,
+            instrument=profile.instrument,
+            pixel_size_um=profile.pixel_size_um,
+            lat=profile.lat,
+            lon=profile.lon,
             depth_min=depth,
             depth_max=depth,
-            time_utc=profile.time if profile else None,
-            sample_id=(profile.profile_id if profile else None) or file_profile or psample or None,
+            time_utc=profile.time,
+            sample_id=profile.profile_id or file_profile or psample or None,
             extra=extra,
         )
 
@@ -938,12 +1085,6 @@ def _read_table(
             "no individual objects",
         )
         return
-    if kind == "ecopart_zoo":
-        key = (id(container), rel_dir)
-        if key not in summaries:
-            summaries[key] = _find_summary(container, rel_dir)
-        yield from _ecopart_rows(table, origin, base, summaries[key])
-        return
     if kind == "other":
         cols = ", ".join(table.header[:5])
         yield Rejection(
@@ -953,7 +1094,18 @@ def _read_table(
             "not an object table (a summary export?)",
         )
         return
-    if not table.rows:
+    try:
+        body = _read_body(table, _ECOPART_TEXT if kind == "ecopart_zoo" else _ECOTAXA_TEXT)
+    except _TableError as exc:
+        yield Rejection(origin, exc.reason, f"{rel}: {exc.message}")
+        return
+    if kind == "ecopart_zoo":
+        key = (id(container), rel_dir)
+        if key not in summaries:
+            summaries[key] = _find_summary(container, rel_dir)
+        yield from _ecopart_rows(table, body, origin, base, summaries[key])
+        return
+    if not body.n:
         note = f"; {table.type_issue}" if table.type_issue else ""
         yield Rejection(origin, "empty", f"{rel}: header but no object rows{note}")
         return
@@ -964,7 +1116,7 @@ def _read_table(
         dup = sorted({h for h in table.header if h and table.header.count(h) > 1})
         yield Rejection(origin, "bad_header", f"{rel}: duplicate columns {', '.join(dup)}")
         return
-    yield from _ecotaxa_rows(table, origin, container, rel_dir, missing_images)
+    yield from _ecotaxa_rows(table, body, origin, container, rel_dir, missing_images)
 
 
 def _find_summary(container: _Container, rel_dir: str) -> dict[str, _Profile] | None:
