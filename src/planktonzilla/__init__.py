@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["ObjectStore", "__version__"]
+__all__ = ["ObjectStore", "__version__", "load_model"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from planktonzilla.store import ObjectStore
 
         return ObjectStore
+    if name == "load_model":
+        from planktonzilla.models import load_model
+
+        return load_model
     raise AttributeError(name)

@@ -3,7 +3,7 @@ imported inside commands so that `pz --help` starts fast."""
 
 import typer
 
-from planktonzilla.cli import ingest, sources, split, store_cmds, taxonomy
+from planktonzilla.cli import ingest, sources, split, store_cmds, taxonomy, train
 
 app = typer.Typer(
     name="pz",
@@ -17,3 +17,4 @@ app.add_typer(taxonomy.app, name="taxonomy")
 sources.register(app, ingest.ingest_app)
 store_cmds.register(app)
 split.register(app)
+train.register(app)

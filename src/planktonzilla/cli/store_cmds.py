@@ -135,10 +135,15 @@ def demo(
         40, "--per-class", min=2, help="Synthetic images per class and instrument."
     ),
     workers: int = typer.Option(1, "--workers", "-j", min=1),
+    train: bool = typer.Option(
+        True, "--train/--no-train", help="Split the store and train a tiny model of each kind."
+    ),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Epochs of each demo model."),
 ) -> None:
     """Run the pipeline on the built-in SYNTHETIC sample (no download): build a store from
-    four synthetic instruments, harmonize their labels, print the statistics and write the
-    label-flow page (flow.html)."""
+    four synthetic instruments, harmonize their labels, print the statistics, write the
+    label-flow page (flow.html), then split the store and train a tiny supervised and a tiny
+    CLIP-style model on CPU (models/supervised, models/clip)."""
     from planktonzilla.cli._common import print_ingest_report
     from planktonzilla.store import ObjectStore
     from planktonzilla.synthetic import INSTRUMENTS, LICENSE, synthetic_records
@@ -160,9 +165,50 @@ def demo(
     from planktonzilla.cli.taxonomy import flow
 
     flow(out=out / "flow.html", store=store.path, mapping=None)  # raw labels -> one taxonomy
+    if train:
+        _demo_train(store, out / "models", epochs)
     console.print(
         f"\nStore: {store.path} (licence {LICENSE}). Next: "
         f'pz query "select instrument, raw_label, count(*) n from objects group by all" --store {store.path}'  # noqa: E501
+    )
+
+
+def _demo_train(store, models: Path, epochs: int) -> None:
+    """Stratified split, then a tiny ViT of each kind (32 px, CPU): a smoke run, not a result."""
+    from planktonzilla.splits import make_split
+    from planktonzilla.train.loop import TrainConfig
+    from planktonzilla.train.loop import train as run
+
+    make_split(store, "stratified", seed=0)
+    for kind, lr in (("supervised", 5e-4), ("clip", 2e-3)):
+        console.print(f"\n[bold]Training a tiny {kind} model[/] (vit_tiny, 32 px, CPU)")
+        summary = run(
+            TrainConfig(
+                kind=kind,
+                store=str(store.path),
+                split="stratified",
+                out=str(models / kind),
+                image_size=32,
+                batch_size=32,
+                epochs=epochs,
+                lr=lr,
+                embed_dim=64,
+                text={"width": 64, "heads": 2, "layers": 1, "context_length": 24},
+                device="cpu",
+                progress=True,
+            )
+        )
+        top1, majority = summary["test_top1"], summary["test_majority_top1"]
+        figures = (
+            f"test top-1 {top1:.1%} on {summary['test_images']} synthetic images "
+            f"(majority class {majority:.1%})"
+            if top1 is not None
+            else "no test images (sample too small)"
+        )
+        console.print(f"{kind}: {figures}; model in {models / kind}")
+    console.print(
+        f"Reload with planktonzilla.load_model({str(models / 'supervised')!r}); "
+        f"pz train supervised|clip --store {store.path} --split stratified --out DIR trains more."
     )
 
 
