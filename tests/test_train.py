@@ -161,6 +161,45 @@ def _torchrun(nproc: int, store, out, kind: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(store, tmp_path):
+    """A real process, killed with SIGKILL mid-epoch, resumed from its last checkpoint."""
+    import signal
+    import time
+
+    settings = {"epochs": 2, "lr": 2e-3}
+    straight = tmp_path / "straight"
+    run(store, straight, **settings)
+    killed = tmp_path / "killed"
+    # fmt: off
+    cmd = [
+        sys.executable, "-m", "planktonzilla.train", "supervised", "--store", str(store.path),
+        "--split", "stratified", "--out", str(killed), "--image-size", "32", "--batch-size",
+        "16", "--backbone", "vit_tiny", "--epochs", "2", "--lr", "0.002", "--device", "cpu",
+        "--checkpoint-every", "1", "--no-progress",
+    ]
+    # fmt: on
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    logged = killed / "train_log.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if logged.exists() and len(step_losses(killed)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before the kill"
+    assert (killed / "checkpoint.pt").exists()
+    run(store, killed, checkpoint_every=1, resume=True, **settings)
+    a, b = step_losses(straight), step_losses(killed)
+    assert list(a) == list(b)
+    for s in a:
+        assert b[s] == pytest.approx(a[s], abs=1e-6)
+    wa, wb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_two_process_ddp_equals_one_process(store, tmp_path, kind):
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
