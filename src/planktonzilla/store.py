@@ -290,8 +290,7 @@ class ObjectStore:
             files = self._files(kind)
             name = "objects_raw" if kind == "objects" else kind
             if files:
-                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_list(files)})")
             else:
                 con.register(f"_{kind}_empty", table_schema.empty_table())
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{kind}_empty")
@@ -310,10 +309,10 @@ class ObjectStore:
         # splits/<scheme>.parquet (planktonzilla.splits), joined at read time
         split_files = sorted(str(p) for p in (self.path / "splits").glob("*.parquet"))
         if split_files:
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in split_files)
             con.execute(
                 "CREATE VIEW splits AS SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1)"
-                f" AS scheme, object_id, split FROM read_parquet([{listed}], filename = true)"
+                f" AS scheme, object_id, split FROM read_parquet({_sql_list(split_files)},"
+                " filename = true)"
             )
         else:
             con.execute(
@@ -355,7 +354,7 @@ class ObjectStore:
         _atomic_parquet(resolve_labels(source, labels), path)
 
     def query(self, sql: str) -> pa.Table:
-        """Run DuckDB SQL over the views `objects` and `rejected`."""
+        """Run DuckDB SQL over the views of `connect()` (objects, rejected, taxonomy, splits)."""
         con = self.connect()
         try:
             return con.sql(sql).to_arrow_table()
@@ -673,6 +672,11 @@ class ObjectStore:
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.path / MANIFEST)
+
+
+def _sql_list(paths: list[str]) -> str:
+    """A DuckDB list literal of file paths (DDL statements take no parameters)."""
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
 def _pairs(table: pa.Table) -> Iterator[tuple[str, str]]:
