@@ -24,7 +24,8 @@ Rules:
 - Only objects with an image are kept.
 
 The table keeps each object's full lineage (7 rank columns) for per-rank evaluation;
-`class_lineages` holds each class's lineage truncated at the class's rank (for captions).
+`class_lineages` holds each class's lineage truncated at the class's rank (for captions), its
+`root_class` (living / detritus / artefact / inert) and AphiaID.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def dataset_view(
     split_file = "'" + str(path).replace("'", "''") + "'"
     sql = (
         f"SELECT o.object_id, s.split, {label} AS label, o.source, o.instrument, o.sample_id,"
-        f" {lineage}, o.qualifier, o.taxon, o.taxon_rank, o.aphia_id"
+        f" {lineage}, o.qualifier, o.taxon, o.taxon_rank, o.aphia_id, o.root_class"
         f" FROM read_parquet({split_file}) s JOIN objects o USING (object_id)"
         " WHERE " + " AND ".join(f"({w})" for w in where)
     )
@@ -197,7 +198,7 @@ def _class_lineages(rows: pa.Table, classes: list[str], rank: str) -> list[dict[
     """Per class: its lineage truncated at the class's rank (the most common one when the
     mapping gives a name two lineages), its name, rank and AphiaID (when known at that rank)."""
     seen: dict[str, Counter] = {c: Counter() for c in classes}
-    keys = ["label", *RANKS, "taxon", "taxon_rank", "aphia_id"]
+    keys = ["label", *RANKS, "taxon", "taxon_rank", "aphia_id", "root_class"]
     for row in rows.group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist():
         if rank == "deepest":
             lineage = tuple(row[r] for r in RANKS)
@@ -208,11 +209,11 @@ def _class_lineages(rows: pa.Table, classes: list[str], rank: str) -> list[dict[
             name, at_rank = row["label"], rank
             exact = row["taxon_rank"] == rank and row["taxon"] == row["label"]
             aphia = row["aphia_id"] if exact else None
-        seen[row["label"]][(lineage, name, at_rank, aphia)] += row["count_all"]
+        seen[row["label"]][(lineage, name, at_rank, aphia, row["root_class"])] += row["count_all"]
     out = []
     for label in classes:
         # prefer a known AphiaID, then the most common lineage, then a stable order
-        (lineage, name, at_rank, aphia), _ = max(
+        (lineage, name, at_rank, aphia, root_class), _ = max(
             seen[label].items(),
             key=lambda kv: (kv[0][3] is not None, kv[1], repr(kv[0])),
         )
@@ -222,6 +223,7 @@ def _class_lineages(rows: pa.Table, classes: list[str], rank: str) -> list[dict[
                 "name": name,
                 "rank": at_rank,
                 "aphia_id": aphia,
+                "root_class": root_class,
             }
         )
     return out

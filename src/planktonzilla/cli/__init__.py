@@ -3,7 +3,18 @@ imported inside commands so that `pz --help` starts fast."""
 
 import typer
 
-from planktonzilla.cli import ingest, sources, split, store_cmds, taxonomy, train
+from planktonzilla.cli import (
+    evaluate,
+    ingest,
+    predict,
+    report,
+    serve,
+    sources,
+    split,
+    store_cmds,
+    taxonomy,
+    train,
+)
 
 app = typer.Typer(
     name="pz",
@@ -18,3 +29,7 @@ sources.register(app, ingest.ingest_app)
 store_cmds.register(app)
 split.register(app)
 train.register(app)
+evaluate.register(app)
+report.register(app)
+predict.register(app)
+serve.register(app)
