@@ -653,6 +653,10 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
                 training={**asdict(cfg), "world_size": dist.world_size, "steps": step},
                 metrics=metrics,
             )
+            if val_loader is not None:  # abstention / OOD thresholds for pz predict
+                from planktonzilla.predict import calibrate
+
+                calibrate(out, store, cfg.split, device=str(dist.device))
         dist.barrier()
         return summary
     finally:

@@ -1,0 +1,358 @@
+"""Evaluation: our models and open_clip foundation models on a store split, per protocol,
+per taxonomic rank and across instruments, into ``results.json`` + a report.
+
+    from planktonzilla.evaluate import evaluate
+    results = evaluate("models/clip", "store", "stratified",
+                       protocols=["supervised", "zero-shot", "few-shot", "linear-probe"])
+    evaluate("hf-hub:imageomics/bioclip", "store", "stratified", protocols=["zero-shot"])
+
+`PROTOCOLS` (see `planktonzilla.evaluate.protocols`): ``supervised`` (our models),
+``zero-shot`` (CLIP-style), ``few-shot``, ``linear-probe`` and ``cross-source`` (any model).
+The label space is the split's dataset view at `rank` (the model's own rank and filters by
+default) with ``min_per_class=1``: every class with a training image. Features come from one
+cached forward pass (`FeatureCache`). Results carry what is needed to reproduce a run and to
+refuse comparing incompatible ones: model hash, store manifest hash, taxonomy version, split
+scheme and parameters, rank, seeds, settings and code version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROTOCOLS = ("supervised", "zero-shot", "few-shot", "linear-probe", "cross-source")
+FORMAT = "planktonzilla-evaluation"
+FORMAT_VERSION = 1
+EVALUATIONS_DIR = "evaluations"
+
+__all__ = ["EVALUATIONS_DIR", "PROTOCOLS", "compare", "evaluate", "write_results"]
+
+
+def evaluate(
+    model: str | os.PathLike,
+    store,
+    split: str,
+    *,
+    protocols: Sequence[str] = ("supervised",),
+    rank: str | None = None,
+    plankton_only: bool | None = None,
+    shots: Sequence[int] = (1, 5, 10),
+    seeds: Sequence[int] = (0, 1, 2),
+    caption_style: str | None = None,
+    templates: str = "none",
+    zero_shot_classes: str = "all",
+    cross_rank: str = "phylum",
+    cross_unit: str = "source",
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "cpu",
+    use_cache: bool = True,
+    out: str | os.PathLike | None = None,
+    report: bool = True,
+    progress: bool = False,
+    encoder=None,
+) -> dict[str, Any]:
+    """Evaluate `model` (a model directory or an open_clip spec) on `split` of `store` (an
+    `ObjectStore` or its path) with `protocols`; writes ``results.json`` (and the report
+    unless ``report=False``) into `out` (default ``<store>/evaluations/<time>-<model>-<split>``)
+    and returns the results dict. A protocol that does not apply to the model (zero-shot of a
+    supervised classifier, supervised of a foundation model) is listed under ``skipped``."""
+    from planktonzilla import __version__
+    from planktonzilla.dataset import dataset_view
+    from planktonzilla.evaluate import metrics
+    from planktonzilla.evaluate import protocols as P
+    from planktonzilla.evaluate.features import FeatureCache, load_encoder
+    from planktonzilla.store import ObjectStore
+    from planktonzilla.taxonomy import mapping_version
+
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {unknown} (known: {', '.join(PROTOCOLS)})")
+    if zero_shot_classes not in ("all", "test"):
+        raise ValueError("zero_shot_classes must be 'all' or 'test'")
+    store = store if isinstance(store, ObjectStore) else ObjectStore(store)
+    started = time.perf_counter()
+    enc = encoder or load_encoder(model, device)
+    filters = getattr(enc, "filters", {}) or {}
+    rank = rank or filters.get("rank", "deepest")
+    if plankton_only is None:
+        plankton_only = filters.get("plankton_only", True)
+    view = dataset_view(store, split, rank=rank, plankton_only=plankton_only, min_per_class=1)
+    cache = FeatureCache(store, enc)
+    train, val, test = view.side("train"), view.side("val"), view.side("test")
+    if not test.num_rows:
+        raise ValueError(f"split {split!r} has no test images at rank {rank!r}")
+    feature_args = {"batch_size": batch_size, "workers": workers, "use_cache": use_cache}
+    needs_train = any(p in protocols for p in ("few-shot", "linear-probe", "cross-source"))
+    # one pass over every image the protocols need; later calls hit the cache
+    sides = [test, *([train, val] if needs_train else [])]
+    import pyarrow as pa
+
+    every = pa.concat_tables(sides)
+    cache.features(every, progress=progress, **feature_args)
+    x_test = cache.features(test, **feature_args)
+    classes = view.classes
+    y_test = P.index_labels(test["label"].to_pylist(), classes)
+    train_counts = np.bincount(
+        train["label_index"].to_numpy(zero_copy_only=False), minlength=len(classes)
+    ).tolist()
+    block = {"class_lineages": view.class_lineages, "train_counts": train_counts}
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+
+    if "supervised" in protocols:
+        if enc.classes is None:
+            skipped["supervised"] = f"{enc.name} has no classification head of its own"
+        else:
+            logits = enc.head_logits(x_test)
+            # score over the model's classes that are in the label space
+            cols = P.index_labels(classes, enc.classes)
+            scores = np.full((len(x_test), len(classes)), -np.inf)
+            present = cols >= 0
+            scores[:, present] = logits[:, cols[present]]
+            results["supervised"] = {
+                **metrics.classification_report(y_test, scores, classes, **block),
+                "classes_not_in_model": [c for c, i in zip(classes, cols, strict=True) if i < 0],
+            }
+
+    if "zero-shot" in protocols:
+        if not enc.is_clip:
+            skipped["zero-shot"] = f"{enc.name} is not CLIP-style (no text encoder)"
+        else:
+            style = caption_style or enc.caption_style
+            candidates = list(range(len(classes)))
+            if zero_shot_classes == "test":
+                candidates = sorted(set(y_test.tolist()))
+            texts = P.captions([view.class_lineages[i] for i in candidates], style, templates)
+            sub = P.zero_shot_scores(enc, x_test, texts)
+            scores = np.full((len(x_test), len(classes)), -np.inf)
+            scores[:, candidates] = sub
+            results["zero-shot"] = {
+                **metrics.classification_report(y_test, scores, classes, **block),
+                "candidates": (
+                    f"all {len(candidates)} classes of the label space"
+                    if zero_shot_classes == "all"
+                    else f"the {len(candidates)} classes present in the test set"
+                ),
+                "caption_style": style,
+                "templates": templates,
+                "example_caption": texts[0][0] if texts else None,
+            }
+
+    if needs_train:
+        x_train = cache.features(train, **feature_args)
+        y_train = train["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        x_val = cache.features(val, **feature_args) if val.num_rows else None
+        y_val = P.index_labels(val["label"].to_pylist(), classes) if val.num_rows else None
+    if "linear-probe" in protocols:
+        probs, c = P.linear_probe(x_train, y_train, x_test, len(classes), val_x=x_val, val_y=y_val)
+        results["linear-probe"] = {
+            **metrics.classification_report(y_test, probs, classes, **block),
+            "C": c,
+        }
+    if "few-shot" in protocols:
+        results["few-shot"] = P.few_shot(
+            x_train,
+            y_train,
+            train["object_id"].to_pylist(),
+            x_test,
+            y_test,
+            test["object_id"].to_pylist(),
+            len(classes),
+            shots=shots,
+            seeds=seeds,
+        )
+    if "cross-source" in protocols:
+        results["cross-source"] = _cross_source(
+            store, view, enc, cache, cross_rank, cross_unit, plankton_only, feature_args
+        )
+
+    run = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "model": _model_info(enc),
+        "store": {"path": str(store.path), "manifest_hash": view.manifest_hash},
+        "taxonomy_version": mapping_version(),
+        "split": {"scheme": split, "info": view.split_info},
+        "rank": rank,
+        "filters": view.filters,
+        "seeds": list(seeds),
+        "settings": {
+            "protocols": list(protocols),
+            "shots": list(shots),
+            "caption_style": caption_style or enc.caption_style,
+            "templates": templates,
+            "zero_shot_classes": zero_shot_classes,
+            "cross_rank": cross_rank,
+            "cross_unit": cross_unit,
+            "batch_size": batch_size,
+            "preprocessing": enc.preprocessing,
+            "test_images": int(test.num_rows),
+            "train_images": int(train.num_rows),
+        },
+        "classes": classes,
+        "class_lineages": view.class_lineages,
+        "protocols": results,
+        "skipped": skipped,
+        "timing": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "images_encoded": cache.computed,
+        },
+    }
+    if out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", enc.name)[:60]
+        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-{name}-{split}"
+    write_results(run, out, report=report)
+    return run
+
+
+def _model_info(enc) -> dict[str, Any]:
+    info = {"name": enc.name, "spec": enc.spec, "kind": enc.kind, "hash": enc.identity}
+    config = getattr(getattr(enc, "model", None), "config", None)
+    if isinstance(config, dict) and "training" in config:
+        t = config["training"]
+        # what "same backbone, data and budget" means in a comparison
+        info["training"] = {
+            k: t.get(k)
+            for k in ("backbone", "image_size", "epochs", "steps", "batch_size", "split", "lr")
+        }
+    return info
+
+
+def _cross_source(store, view, enc, cache, rank, unit, plankton_only, feature_args):
+    """Leave-one-unit-out probes on frozen features (see `protocols.cross_source`)."""
+    from planktonzilla.dataset import dataset_view
+    from planktonzilla.evaluate import metrics
+    from planktonzilla.evaluate import protocols as P
+    from planktonzilla.splits import list_splits, sanitize
+
+    prefix = {"source": "loso-", "instrument": "loio-"}[unit]
+    folds_names = [s for s in list_splits(store) if s.startswith(prefix)]
+    if len(folds_names) < 2:
+        raise ValueError(
+            f"cross-source needs the {prefix}* splits: run `pz split --scheme "
+            f"{'loso' if unit == 'source' else 'loio'}` first"
+        )
+    folds, units = [], []
+    for name in folds_names:
+        fold = dataset_view(store, name, rank=rank, plankton_only=plankton_only, min_per_class=1)
+        held = name[len(prefix) :]
+        tr, va, te = fold.side("train"), fold.side("val"), fold.side("test")
+        if not tr.num_rows or not te.num_rows:
+            continue
+        x_tr = cache.features(tr, **feature_args)
+        y_tr = tr["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        cells: dict[str, tuple] = {}
+        parts = {held: te}
+        column = "source" if unit == "source" else "instrument"
+        for other in sorted(set(va[column].to_pylist())) if va.num_rows else []:
+            key = sanitize(other) if unit == "instrument" else other
+            parts[key] = va.filter(np.array([v == other for v in va[column].to_pylist()]))
+        mean = x_tr.mean(0)
+        model = P.fit_logistic(P.normalise(x_tr, mean), y_tr) if len(set(y_tr)) > 1 else None
+        for key, part in parts.items():
+            x = P.normalise(cache.features(part, **feature_args), mean)
+            y = P.index_labels(part["label"].to_pylist(), fold.classes)
+            scores = (
+                P.probe_scores(model, x, len(fold.classes))
+                if model is not None
+                else np.eye(len(fold.classes))[np.full(len(x), y_tr[0])]
+            )
+            # a label the training units never had cannot be predicted: it counts as wrong
+            y_known = np.where(y >= 0, y, len(fold.classes))
+            padded = np.concatenate([scores, np.full((len(x), 1), -np.inf)], axis=1)
+            top1 = metrics.top_k_accuracy(y_known, padded, 1)
+            f1 = metrics.f1_summary(y_known, padded.argmax(1), len(fold.classes) + 1)
+            cells[key] = (top1, f1["macro_f1"], int(len(x)))
+            units.append(key)
+        folds.append(
+            {
+                "held_out": held,
+                "train_units": sorted(k for k in parts if k != held),
+                "n_train": int(tr.num_rows),
+                "classes": len(fold.classes),
+                "unseen_test_labels": int(
+                    sum(1 for v in te["label"].to_pylist() if v not in set(fold.classes))
+                ),
+                "cells": cells,
+            }
+        )
+    block = P.cross_source(folds, sorted(set(units)), rank=rank, unit=unit)
+    block["method"] = "logistic-regression probe on frozen features, per leave-one-out fold"
+    return block
+
+
+def write_results(run: dict | list, out: str | os.PathLike, *, report: bool = True) -> Path:
+    """``results.json`` (by atomic rename) and, unless ``report=False``, the Markdown / HTML
+    report with its plots, into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(run, indent=1, default=_json_default, allow_nan=False))
+    os.replace(tmp, out / "results.json")
+    if report:
+        from planktonzilla.evaluate.report import write_report
+
+        write_report(run, out)
+    return out / "results.json"
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def compare(
+    models: Sequence[str | os.PathLike],
+    store,
+    split: str,
+    *,
+    protocols: Sequence[str] = ("supervised", "zero-shot", "few-shot", "linear-probe"),
+    out: str | os.PathLike | None = None,
+    **options,
+) -> list[dict[str, Any]]:
+    """The paper's table: every model evaluated with `protocols` on the same split, rank and
+    seeds (protocols that do not apply to a model are skipped for it), one results.json per
+    model and one merged report in `out`."""
+    from planktonzilla.store import ObjectStore
+
+    store = store if isinstance(store, ObjectStore) else ObjectStore(store)
+    if out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-compare-{split}"
+    out = Path(out)
+    runs: list[dict[str, Any]] = []
+    for i, model in enumerate(models):
+        if runs and "rank" not in options:  # one label space for every model
+            options["rank"] = runs[0]["rank"]
+        runs.append(
+            evaluate(
+                model,
+                store,
+                split,
+                protocols=protocols,
+                out=out / "runs" / f"{i:02d}",
+                report=False,
+                **options,
+            )
+        )
+    from planktonzilla.evaluate.report import write_report
+
+    write_report(runs, out)
+    return runs
