@@ -5,6 +5,7 @@ are computed once, cross-source gives a source x source matrix, and the CLI writ
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -212,3 +213,42 @@ def test_cli_compare_writes_one_report(store, models, tmp_path):
         app, ["evaluate", str(models["clip"]), "--store", str(store.path), "--split", "nope"]
     )
     assert bad.exit_code == 1 and "no split 'nope'" in bad.output
+
+
+def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_path):
+    """The same weights loaded as a foundation model (open_clip's own preprocessing)."""
+    import open_clip
+    from PIL import Image
+
+    from planktonzilla.train.data import ImageTable
+
+    spec = f"local-dir:{models['clip']}"
+    run = evaluate(
+        spec,
+        store,
+        "stratified",
+        protocols=["supervised", "zero-shot"],
+        caption_style="lineage",
+        out=tmp_path,
+        report=False,
+    )
+    assert run["model"]["kind"] == "open_clip" and "supervised" in run["skipped"]
+    model, _, preprocess = open_clip.create_model_and_transforms(spec, force_image_size=SIZE)
+    tokenizer = open_clip.get_tokenizer(spec)
+    model.eval()
+    view = dataset_view(store, "stratified")
+    test = view.side("test")
+    images = ImageTable(store, test, image_size=SIZE)
+    texts = [t[0] for t in P.captions(view.class_lineages, "lineage")]
+    with torch.no_grad():
+        text = model.encode_text(tokenizer(texts), normalize=True)
+        x = torch.stack(
+            [
+                preprocess(Image.open(io.BytesIO(images.image_bytes(i))).convert("RGB"))
+                for i in range(len(images))
+            ]
+        )
+        pred = (model.encode_image(x, normalize=True) @ text.T).argmax(1).numpy()
+    expected = np.zeros((len(view.classes),) * 2, dtype=int)
+    np.add.at(expected, (test["label_index"].to_numpy(), pred), 1)
+    assert np.array_equal(np.array(run["protocols"]["zero-shot"]["confusion"]["matrix"]), expected)

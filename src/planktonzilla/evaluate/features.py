@@ -140,7 +140,7 @@ class PlanktonEncoder(Encoder):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.clip.logit_scale.exp()) if self.is_clip else 1.0
+        return float(self.model.clip.logit_scale.detach().exp()) if self.is_clip else 1.0
 
 
 class OpenClipEncoder(Encoder):

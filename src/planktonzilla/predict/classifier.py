@@ -570,7 +570,7 @@ def _check_header(data: bytes, max_bytes: int, max_pixels: int) -> None:
 
     from PIL import Image, UnidentifiedImageError
 
-    from planktonzilla.images import ImageRejected
+    from planktonzilla.images import _MAGIC, ImageRejected
 
     if not data:
         raise ImageRejected("empty", "zero-byte file")
@@ -584,6 +584,8 @@ def _check_header(data: bytes, max_bytes: int, max_pixels: int) -> None:
     except Image.DecompressionBombError as exc:
         raise ImageRejected("decompression_bomb", str(exc)) from None
     except UnidentifiedImageError:
+        if data.startswith(_MAGIC):  # starts like an image we accept, does not open
+            raise ImageRejected("corrupt", "not decodable as an image") from None
         raise ImageRejected("unsupported_format", "not an image") from None
     if w * h > max_pixels:
         raise ImageRejected(
