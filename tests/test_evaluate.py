@@ -252,3 +252,56 @@ def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_pat
     expected = np.zeros((len(view.classes),) * 2, dtype=int)
     np.add.at(expected, (test["label_index"].to_numpy(), pred), 1)
     assert np.array_equal(np.array(run["protocols"]["zero-shot"]["confusion"]["matrix"]), expected)
+
+
+def test_cross_source_with_one_model_per_fold(store, tmp_path):
+    """A directory of loso-<source> models: each fold's own model predicts its held-out
+    source, read at the phylum rank."""
+    from planktonzilla.splits import list_splits
+
+    folds = tmp_path / "folds"
+    for name in (s for s in list_splits(store) if s.startswith("loso-")):
+        view = dataset_view(store, name, rank="class")
+        torch.manual_seed(0)
+        config = {
+            "kind": "supervised",
+            "backbone": "vit_tiny",
+            "image_size": SIZE,
+            "classes": view.classes,
+            "class_lineages": view.class_lineages,
+        }
+        save_model(build_model(config), folds / name, filters=view.filters)
+    run = evaluate(folds, store, "loso", protocols=["cross-source"], out=tmp_path / "r")
+    block = run["protocols"]["cross-source"]
+    assert block["method"].startswith("each fold's own model")
+    assert len(block["folds"]) == 4 and block["rank"] == "phylum"
+    for fold in block["folds"]:
+        assert fold["model"].endswith(f"loso-{fold['held_out']}") and len(fold["model_hash"]) == 64
+    assert (tmp_path / "r" / "report.html").is_file()
+    with pytest.raises(ValueError, match="only cross-source"):
+        evaluate(folds, store, "loso", protocols=["few-shot"])
+
+
+def test_few_shot_learns_separable_features():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(6, 16))
+
+    def sample(n):
+        y = rng.integers(0, 6, n)
+        return centers[y] + rng.normal(scale=1.0, size=(n, 16)), y
+
+    (xt, yt), (xs, ys) = sample(300), sample(200)
+    out = P.few_shot(
+        xt,
+        yt,
+        [f"t{i}" for i in range(300)],
+        xs,
+        ys,
+        [f"s{i}" for i in range(200)],
+        6,
+        shots=[1, 10],
+        seeds=[0, 1, 2],
+    )
+    for per_k in out["methods"].values():
+        assert per_k["10"]["top1_mean"] > per_k["1"]["top1_mean"] > 1 / 6
+        assert per_k["10"]["top1_mean"] > 0.9

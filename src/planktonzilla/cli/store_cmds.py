@@ -143,7 +143,9 @@ def demo(
     """Run the pipeline on the built-in SYNTHETIC sample (no download): build a store from
     four synthetic instruments, harmonize their labels, print the statistics, write the
     label-flow page (flow.html), then split the store and train a tiny supervised and a tiny
-    CLIP-style model on CPU (models/supervised, models/clip)."""
+    CLIP-style model on CPU (models/supervised, models/clip), evaluate and compare them
+    (store/evaluations/demo/report.html), and classify new, held-back synthetic images
+    (predictions.csv, predictions-ecotaxa.zip)."""
     from planktonzilla.cli._common import print_ingest_report
     from planktonzilla.store import ObjectStore
     from planktonzilla.synthetic import INSTRUMENTS, LICENSE, synthetic_records
@@ -167,6 +169,8 @@ def demo(
     flow(out=out / "flow.html", store=store.path, mapping=None)  # raw labels -> one taxonomy
     if train:
         _demo_train(store, out / "models", epochs)
+        _demo_evaluate(store, out / "models")
+        _demo_predict(out, out / "models")
     console.print(
         f"\nStore: {store.path} (licence {LICENSE}). Next: "
         f'pz query "select instrument, raw_label, count(*) n from objects group by all" --store {store.path}'  # noqa: E501
@@ -211,6 +215,50 @@ def _demo_train(store, models: Path, epochs: int) -> None:
     console.print(
         f"Reload with planktonzilla.load_model({str(models / 'supervised')!r}); "
         f"pz train supervised|clip --store {store.path} --split stratified --out DIR trains more."
+    )
+
+
+def _demo_evaluate(store, models: Path) -> None:
+    """Both demo models, every protocol that applies, one comparison report."""
+    from planktonzilla.cli.evaluate import _print_run
+    from planktonzilla.evaluate import EVALUATIONS_DIR, compare
+
+    console.print("\n[bold]Evaluating[/] (supervised, zero-shot, few-shot, linear probe)")
+    out = store.path / EVALUATIONS_DIR / "demo"
+    runs = compare(
+        [models / "supervised", models / "clip"],
+        store,
+        "stratified",
+        protocols=["supervised", "zero-shot", "few-shot", "linear-probe"],
+        shots=[1, 5],
+        out=out,
+    )
+    for run in runs:
+        _print_run(run)
+    console.print(f"Report: {out / 'report.html'}")
+
+
+def _demo_predict(out: Path, models: Path) -> None:
+    """Classify new synthetic images (another seed: never seen by the store or the models),
+    into CSV and an EcoTaxa-importable zip; keep the images for the web page."""
+    from planktonzilla.predict import Classifier
+    from planktonzilla.predict.batch import predict_to_file
+    from planktonzilla.synthetic import INSTRUMENTS, synthetic_records
+
+    new = out / "new-images"
+    records = [r for name in INSTRUMENTS for r in synthetic_records(name, per_class=2, seed=1)]
+    for r in records:
+        path = new / r.origin
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(r.image_bytes())
+    classifier = Classifier.load(models / "supervised")
+    console.print(f"\n[bold]Predicting[/] {len(records)} new synthetic images")
+    for target in (out / "predictions.csv", out / "predictions-ecotaxa.zip"):
+        report = predict_to_file(classifier, records, target, resume=False)
+        console.print(report.summary())
+    console.print(
+        f"Web page: pz serve {models / 'supervised'} --store {out / 'store'}  "
+        f"then open http://127.0.0.1:8000 and drop images from {new}"
     )
 
 

@@ -80,6 +80,21 @@ def evaluate(
         raise ValueError("zero_shot_classes must be 'all' or 'test'")
     store = store if isinstance(store, ObjectStore) else ObjectStore(store)
     started = time.perf_counter()
+    folds = fold_models(model) if encoder is None else {}
+    if folds:
+        if list(protocols) != ["cross-source"]:
+            raise ValueError(f"{model} holds per-fold models: only cross-source applies to it")
+        return _evaluate_folds(
+            Path(model),
+            folds,
+            store,
+            rank=cross_rank,
+            plankton_only=True if plankton_only is None else plankton_only,
+            feature_args={"batch_size": batch_size, "workers": workers, "use_cache": use_cache},
+            device=device,
+            out=out,
+            report=report,
+        )
     enc = encoder or load_encoder(model, device)
     filters = getattr(enc, "filters", {}) or {}
     rank = rank or filters.get("rank", "deepest")
@@ -172,7 +187,7 @@ def evaluate(
         )
     if "cross-source" in protocols:
         results["cross-source"] = _cross_source(
-            store, view, enc, cache, cross_rank, cross_unit, plankton_only, feature_args
+            store, enc, cache, cross_rank, cross_unit, plankton_only, feature_args
         )
 
     run = {
@@ -217,6 +232,60 @@ def evaluate(
     return run
 
 
+def _evaluate_folds(
+    directory, folds, store, *, rank, plankton_only, feature_args, device, out, report
+):
+    """`evaluate` of a directory of per-fold models (cross-source only)."""
+    import hashlib
+
+    from planktonzilla import __version__
+    from planktonzilla.evaluate.features import load_encoder
+    from planktonzilla.splits import split_info
+    from planktonzilla.taxonomy import mapping_version
+
+    started = time.perf_counter()
+    prefixes = {name.split("-", 1)[0] + "-" for name in folds}
+    if len(prefixes) != 1:
+        raise ValueError(f"{directory} mixes loso- and loio- fold models")
+    unit = {v: k for k, v in FOLD_PREFIXES.items()}[prefixes.pop()]
+    first = load_encoder(next(iter(folds.values())), device)
+    block = _cross_source(store, first, None, rank, unit, plankton_only, feature_args, folds)
+    identity = hashlib.sha256("".join(f["model_hash"] for f in block["folds"]).encode()).hexdigest()
+    run = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "model": {
+            "name": directory.name,
+            "spec": str(directory),
+            "kind": f"{first.kind} (one per fold)",
+            "hash": identity,
+            "folds": {name: str(path) for name, path in folds.items()},
+        },
+        "store": {"path": str(store.path), "manifest_hash": store.manifest_hash()},
+        "taxonomy_version": mapping_version(),
+        "split": {
+            "scheme": "loso" if unit == "source" else "loio",
+            "info": {name: split_info(store, name) for name in folds},
+        },
+        "rank": rank,
+        "filters": {"rank": rank, "plankton_only": plankton_only},
+        "seeds": [],
+        "settings": {"protocols": ["cross-source"], "cross_unit": unit, **feature_args},
+        "classes": [],
+        "class_lineages": [],
+        "protocols": {"cross-source": block},
+        "skipped": {},
+        "timing": {"seconds": round(time.perf_counter() - started, 3)},
+    }
+    if out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-{directory.name}-cross-source"
+    write_results(run, out, report=report)
+    return run
+
+
 def _model_info(enc) -> dict[str, Any]:
     info = {"name": enc.name, "spec": enc.spec, "kind": enc.kind, "hash": enc.identity}
     config = getattr(getattr(enc, "model", None), "config", None)
@@ -230,67 +299,117 @@ def _model_info(enc) -> dict[str, Any]:
     return info
 
 
-def _cross_source(store, view, enc, cache, rank, unit, plankton_only, feature_args):
-    """Leave-one-unit-out probes on frozen features (see `protocols.cross_source`)."""
+FOLD_PREFIXES = {"source": "loso-", "instrument": "loio-"}
+
+
+def fold_models(path: str | os.PathLike) -> dict[str, Path]:
+    """The per-fold model directories of a cross-source run: ``DIR/loso-<source>/`` (or
+    ``loio-<instrument>``), each trained on that leave-one-out split (empty when `path` is a
+    single model or not a directory)."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file():
+        return {}
+    return {
+        d.name: d
+        for d in sorted(p.iterdir())
+        if d.name.startswith(tuple(FOLD_PREFIXES.values())) and (d / "config.json").is_file()
+    }
+
+
+def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, models=None):
+    """Leave-one-unit-out folds (see `protocols.cross_source`). With `models` (split name →
+    model directory trained on that split), each fold's own model predicts and its predicted
+    class is read at `rank`: a true transfer to a unit it never saw. Without, a logistic
+    probe on `enc`'s frozen features is trained per fold: how far its features transfer."""
     from planktonzilla.dataset import dataset_view
-    from planktonzilla.evaluate import metrics
     from planktonzilla.evaluate import protocols as P
+    from planktonzilla.evaluate.features import FeatureCache, load_encoder
     from planktonzilla.splits import list_splits, sanitize
 
-    prefix = {"source": "loso-", "instrument": "loio-"}[unit]
-    folds_names = [s for s in list_splits(store) if s.startswith(prefix)]
-    if len(folds_names) < 2:
+    prefix = FOLD_PREFIXES[unit]
+    column = "source" if unit == "source" else "instrument"
+    names = sorted(models) if models else [s for s in list_splits(store) if s.startswith(prefix)]
+    if len(names) < 2:
         raise ValueError(
             f"cross-source needs the {prefix}* splits: run `pz split --scheme "
             f"{'loso' if unit == 'source' else 'loio'}` first"
         )
-    folds, units = [], []
-    for name in folds_names:
+    folds, units = [], set()
+    for name in names:
         fold = dataset_view(store, name, rank=rank, plankton_only=plankton_only, min_per_class=1)
         held = name[len(prefix) :]
         tr, va, te = fold.side("train"), fold.side("val"), fold.side("test")
         if not tr.num_rows or not te.num_rows:
             continue
-        x_tr = cache.features(tr, **feature_args)
-        y_tr = tr["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
-        cells: dict[str, tuple] = {}
         parts = {held: te}
-        column = "source" if unit == "source" else "instrument"
         for other in sorted(set(va[column].to_pylist())) if va.num_rows else []:
             key = sanitize(other) if unit == "instrument" else other
             parts[key] = va.filter(np.array([v == other for v in va[column].to_pylist()]))
-        mean = x_tr.mean(0)
-        model = P.fit_logistic(P.normalise(x_tr, mean), y_tr) if len(set(y_tr)) > 1 else None
-        for key, part in parts.items():
-            x = P.normalise(cache.features(part, **feature_args), mean)
-            y = P.index_labels(part["label"].to_pylist(), fold.classes)
-            scores = (
-                P.probe_scores(model, x, len(fold.classes))
-                if model is not None
-                else np.eye(len(fold.classes))[np.full(len(x), y_tr[0])]
-            )
-            # a label the training units never had cannot be predicted: it counts as wrong
-            y_known = np.where(y >= 0, y, len(fold.classes))
-            padded = np.concatenate([scores, np.full((len(x), 1), -np.inf)], axis=1)
-            top1 = metrics.top_k_accuracy(y_known, padded, 1)
-            f1 = metrics.f1_summary(y_known, padded.argmax(1), len(fold.classes) + 1)
-            cells[key] = (top1, f1["macro_f1"], int(len(x)))
-            units.append(key)
+        if models:
+            fold_enc = load_encoder(models[name], enc.device)
+            fold_cache = FeatureCache(store, fold_enc)
+            at_rank = [(lin.get(rank) or None) for lin in fold_enc.class_lineages]
+
+            def predict(part, fold_enc=fold_enc, fold_cache=fold_cache, at_rank=at_rank):
+                logits = fold_enc.head_logits(fold_cache.features(part, **feature_args))
+                return [at_rank[i] for i in logits.argmax(1)]
+
+            trained_on = {"model": str(models[name]), "model_hash": fold_enc.identity}
+        else:
+            x_tr = cache.features(tr, **feature_args)
+            y_tr = tr["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+            mean = x_tr.mean(0)
+            probe = P.fit_logistic(P.normalise(x_tr, mean), y_tr) if len(set(y_tr)) > 1 else None
+
+            def predict(part, probe=probe, mean=mean, y_tr=y_tr, classes=fold.classes):
+                if probe is None:
+                    return [classes[y_tr[0]]] * part.num_rows
+                x = P.normalise(cache.features(part, **feature_args), mean)
+                return [classes[i] for i in P.probe_scores(probe, x, len(classes)).argmax(1)]
+
+            trained_on = {"n_train": int(tr.num_rows)}
+        cells = {
+            key: _name_scores(predict(part), part["label"].to_pylist())
+            for key, part in parts.items()
+        }
+        units.update(cells)
+        known = set(fold.classes)
         folds.append(
             {
                 "held_out": held,
                 "train_units": sorted(k for k in parts if k != held),
                 "n_train": int(tr.num_rows),
                 "classes": len(fold.classes),
-                "unseen_test_labels": int(
-                    sum(1 for v in te["label"].to_pylist() if v not in set(fold.classes))
-                ),
+                # labels the training units never had cannot be predicted: they count as wrong
+                "unseen_test_labels": sum(1 for v in te["label"].to_pylist() if v not in known),
+                **trained_on,
                 "cells": cells,
             }
         )
-    block = P.cross_source(folds, sorted(set(units)), rank=rank, unit=unit)
-    block["method"] = "logistic-regression probe on frozen features, per leave-one-out fold"
+    block = P.cross_source(folds, sorted(units), rank=rank, unit=unit)
+    block["method"] = (
+        "each fold's own model (trained on its leave-one-out split), read at the rank"
+        if models
+        else "logistic-regression probe on frozen features, per leave-one-out fold"
+    )
     return block
+
+
+def _name_scores(predicted: list, truth: list) -> tuple:
+    """(top-1, macro F1, n) of predicted names against true names."""
+    from planktonzilla.evaluate import metrics
+
+    names = sorted({n for n in truth if n} | {n for n in predicted if n})
+    index = {n: i for i, n in enumerate(names)}
+    none = len(names)  # a prediction that does not reach the rank
+    y = np.array([index[n] for n in truth], dtype=np.int64)
+    p = np.array([index.get(n, none) if n else none for n in predicted], dtype=np.int64)
+    if not len(y):
+        return (None, None, 0)
+    scores = metrics.per_class_scores(y, p, none + 1)
+    # macro F1 over the names seen in truth or prediction ("no name at this rank" excluded)
+    seen = np.union1d(y, p[p != none]).astype(np.int64)
+    return (float(np.mean(y == p)), float(scores["f1"][seen].mean()), int(len(y)))
 
 
 def write_results(run: dict | list, out: str | os.PathLike, *, report: bool = True) -> Path:
