@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from planktonzilla.images import IMAGE_SUFFIXES
+from planktonzilla.readers.ecotaxa import is_table_name
 from planktonzilla.readers.folder import JUNK_DIRS, is_junk, walk_relative
 from planktonzilla.records import FileBytes, Record, Rejection
 
@@ -75,7 +76,7 @@ def detect(path: str | os.PathLike) -> str | None:
         return _detect_zip(path)
     if head.startswith(_IMAGE_MAGIC):
         return "image"
-    if _is_table_name(path.name) or _looks_like_table(head):
+    if is_table_name(path.name) or _looks_like_table(head):
         return "ecotaxa"
     if path.name == "manifest.json" and _is_store(path.parent):
         return "store"
@@ -90,16 +91,6 @@ def detect(path: str | os.PathLike) -> str | None:
 def _head(path: Path, n: int = 512) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
-
-
-def _is_table_name(name: str) -> bool:
-    low = name.lower()
-    base = low.rsplit("/", 1)[-1]
-    if base.startswith((".", "~")):
-        return False
-    return low.endswith((".tsv", ".tsv.gz")) or (
-        base.startswith("ecotaxa") and low.endswith(".txt")
-    )
 
 
 def _looks_like_table(head: bytes) -> bool:
@@ -142,7 +133,7 @@ def _detect_dir(path: Path) -> str | None:
             found.add("flowcam")
             continue
         if "ecotaxa" not in found:
-            if _is_table_name(rel) and _table_header_ok(full):
+            if is_table_name(rel) and _table_header_ok(full):
                 found.add("ecotaxa")
                 continue
             if suffix == ".zip" and _detect_zip(Path(full)) == "ecotaxa":
@@ -171,7 +162,7 @@ def _detect_zip(path: Path) -> str | None:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError):
         return "zip"  # reading it reports the damage as a rejection
-    if any(_is_table_name(n) or n.lower().endswith(".zip") for n in names):
+    if any(is_table_name(n) or n.lower().endswith(".zip") for n in names):
         return "ecotaxa"
     return "zip"
 

@@ -170,7 +170,8 @@ class _Container:
         raise NotImplementedError
 
 
-def _is_table_name(name: str) -> bool:
+def is_table_name(name: str) -> bool:
+    """Whether a file name looks like an EcoTaxa table (TSV, or ecotaxa*.txt)."""
     low = name.lower()
     base = low.rsplit("/", 1)[-1]
     if base.startswith((".", "~")):
@@ -191,7 +192,7 @@ class _Folder(_Container):
             return
         for path in walk_files(self.root):
             rel = path.relative_to(self.root).as_posix()
-            if _is_table_name(rel):
+            if is_table_name(rel):
                 yield rel, FileBytes(path), self, rel
             elif rel.lower().endswith(".zip"):
                 yield from _guarded_zip_tables(_Zip(path, (), rel))
@@ -238,7 +239,7 @@ class _Zip(_Container):
                     "unsafe_path",
                     f"zip member {name!r} has an absolute or '..' path; it is never read",
                 )
-            elif _is_table_name(name):
+            elif is_table_name(name):
                 yield name, self._member(name), self, f"{self.label}!{name}"
             elif name.lower().endswith(".zip"):
                 inner = _Zip(self.path, (*self.chain, name), f"{self.label}!{name}")
