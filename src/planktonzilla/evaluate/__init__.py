@@ -336,7 +336,8 @@ def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, mo
         )
     folds, units = [], set()
     for name in names:
-        fold = dataset_view(store, name, rank=rank, plankton_only=plankton_only, min_per_class=1)
+        # min_per_class=0: held-out labels the training units never had stay, counted wrong
+        fold = dataset_view(store, name, rank=rank, plankton_only=plankton_only, min_per_class=0)
         held = name[len(prefix) :]
         tr, va, te = fold.side("train"), fold.side("val"), fold.side("test")
         if not tr.num_rows or not te.num_rows:
@@ -373,15 +374,17 @@ def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, mo
             for key, part in parts.items()
         }
         units.update(cells)
-        known = set(fold.classes)
+        known = set(tr["label"].to_pylist())
+        seen = te.filter(np.array([v in known for v in te["label"].to_pylist()]))
         folds.append(
             {
                 "held_out": held,
                 "train_units": sorted(k for k in parts if k != held),
                 "n_train": int(tr.num_rows),
-                "classes": len(fold.classes),
+                "classes": len(known),  # labels the fold trained on
                 # labels the training units never had cannot be predicted: they count as wrong
-                "unseen_test_labels": sum(1 for v in te["label"].to_pylist() if v not in known),
+                "unseen_test_labels": te.num_rows - seen.num_rows,
+                "top1_seen_labels": _name_scores(predict(seen), seen["label"].to_pylist())[0],
                 **trained_on,
                 "cells": cells,
             }
