@@ -118,6 +118,11 @@ class TaxonomyTree:
         self.living = np.array([rc == "living" for rc in self.root_classes])
         self.names: dict[str, list[str]] = {}
         self.members: dict[str, np.ndarray] = {}  # rank -> [C, n_names] 0/1
+        # The same membership as (classes sorted by name, first class of each name), so that
+        # sums are np.add.reduceat, not a BLAS product: BLAS threads that wake up beside the
+        # model's own threads and the decoding threads cost tens of ms a batch.
+        self._order: dict[str, np.ndarray] = {}
+        self._starts: dict[str, np.ndarray] = {}
         for rank in RANKS:
             values = [lin.get(rank) or None for lin in self.class_lineages]
             names = sorted({v for v in values if v})
@@ -127,8 +132,14 @@ class TaxonomyTree:
                 if v:
                     m[c, index[v]] = 1.0
             self.names[rank], self.members[rank] = names, m
+            of = np.array([index[v] if v else -1 for v in values], dtype=np.int64)
+            order = np.argsort(of, kind="stable")
+            order = order[of[order] >= 0]
+            self._order[rank] = order
+            self._starts[rank] = np.searchsorted(of[order], np.arange(len(names)))
         # parent of each name at rank r (name at r-1), for walking down one path
         self.parent: dict[str, dict[str, str | None]] = {}
+        self._parent_index: dict[str, np.ndarray] = {}  # its index at r-1, -1 for none
         for depth, rank in enumerate(RANKS):
             up = RANKS[depth - 1] if depth else None
             self.parent[rank] = {
@@ -136,45 +147,59 @@ class TaxonomyTree:
                 for lin in self.class_lineages
                 if lin.get(rank)
             }
+            above = {n: i for i, n in enumerate(self.names[up])} if up else {}
+            self._parent_index[rank] = np.array(
+                [above.get(self.parent[rank][n], -1) for n in self.names[rank]], dtype=np.int64
+            )
 
     def aggregate(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         """Per rank, ``[B, n_names]`` summed class probabilities."""
-        return {rank: probs @ m for rank, m in self.members.items()}
+        probs = np.asarray(probs, dtype=np.float64)
+        out = {}
+        for rank, order in self._order.items():
+            if len(order):
+                out[rank] = np.add.reduceat(probs[:, order], self._starts[rank], axis=1)
+            else:
+                out[rank] = np.zeros((probs.shape[0], 0))
+        return out
 
     def confident_path(
         self, probs: np.ndarray, thresholds: dict[str, float]
     ) -> list[tuple[list[tuple[str, str, float]], int]]:
         """Per image: the greedy top-down path [(rank, name, mass)] and how many of its steps
-        clear their thresholds."""
+        clear their thresholds. From the kingdom down, the path takes the child of the name
+        chosen above with the most mass (the first name on ties) and stops where no child
+        has any mass."""
         sums = self.aggregate(probs)
+        n = probs.shape[0]
+        rows = np.arange(n)
+        chosen = np.full(n, -1, dtype=np.int64)  # name index at the rank above
+        on = np.ones(n, dtype=bool)  # the path has reached this rank
+        confident = np.zeros(n, dtype=np.int64)
+        clear = np.ones(n, dtype=bool)  # every step so far cleared its threshold
+        steps: list[tuple[str, list[str], list[int], list[float]]] = []
+        length = np.zeros(n, dtype=np.int64)
+        for depth, rank in enumerate(RANKS):
+            names = self.names[rank]
+            if not names:
+                break
+            mass = sums[rank]
+            if depth:
+                mass = np.where(self._parent_index[rank][None, :] == chosen[:, None], mass, -1.0)
+            best = mass.argmax(axis=1)
+            top = mass[rows, best]
+            on &= top > 0
+            if not on.any():
+                break
+            chosen = np.where(on, best, -1)
+            length += on
+            clear &= on & (top >= thresholds.get(rank, DEFAULT_RANK_THRESHOLD))
+            confident += clear
+            steps.append((rank, names, best.tolist(), top.tolist()))
         out = []
-        for b in range(probs.shape[0]):
-            path: list[tuple[str, str, float]] = []
-            parent: str | None = None
-            for depth, rank in enumerate(RANKS):
-                names = self.names[rank]
-                if not names:
-                    break
-                mass = sums[rank][b]
-                allowed = [
-                    i
-                    for i, n in enumerate(names)
-                    if depth == 0 or self.parent[rank].get(n) == parent
-                ]
-                if not allowed:
-                    break
-                best = max(allowed, key=lambda i: (mass[i], -i))
-                if mass[best] <= 0:
-                    break
-                parent = names[best]
-                path.append((rank, parent, float(mass[best])))
-            confident = 0
-            for rank, _, mass in path:
-                if mass >= thresholds.get(rank, DEFAULT_RANK_THRESHOLD):
-                    confident += 1
-                else:
-                    break
-            out.append((path, confident))
+        for b, k in enumerate(length.tolist()):
+            path = [(rank, names[best[b]], top[b]) for rank, names, best, top in steps[:k]]
+            out.append((path, int(confident[b])))
         return out
 
 
@@ -189,10 +214,14 @@ class Classifier:
         thresholds: dict[str, Any] | None = None,
         keep: Sequence[int] | None = None,
         extra_classes: Sequence[dict[str, Any]] = (),
+        dtype=None,
     ):
         import torch
 
         self.model = model.eval()
+        #: torch dtype the model runs in under autocast (e.g. torch.bfloat16 on a GPU);
+        #: None: the weights' own dtype (float32).
+        self.dtype = dtype
         self.directory = None if directory is None else Path(directory)
         self.kind: str = model.kind
         self.image_size: int = model.image_size
@@ -206,6 +235,7 @@ class Classifier:
         self.classes: list[str] = [str(lin["name"]) for lin in self.class_lineages]
         self.thresholds = _complete_thresholds(thresholds)
         self.tree = TaxonomyTree(self.class_lineages)
+        self._lineage_rows = [{r: lin.get(r) or None for r in RANKS} for lin in self.class_lineages]
         self._text: torch.Tensor | None = None
         if self.kind == "clip" and (self._keep is not None or extra_classes):
             self._text = self._caption_features(self.class_lineages)
@@ -218,14 +248,16 @@ class Classifier:
         *,
         device: str = "cpu",
         labels: Sequence[str] | None = None,
+        dtype=None,
     ) -> Classifier:
         """A classifier from a model directory (`save_model`), with its calibrated
-        thresholds when the directory has them; `labels` restricts the label list."""
+        thresholds when the directory has them; `labels` restricts the label list; `dtype`
+        (e.g. torch.bfloat16) runs the model under autocast in that dtype."""
         from planktonzilla.models import load_model
 
         directory = Path(directory)
         model = load_model(directory, device=device)
-        clf = cls(model, directory=directory, thresholds=read_calibration(directory))
+        clf = cls(model, directory=directory, thresholds=read_calibration(directory), dtype=dtype)
         return clf.restrict(labels) if labels else clf
 
     def restrict(self, labels: Sequence[str]) -> Classifier:
@@ -278,6 +310,7 @@ class Classifier:
             thresholds=self.thresholds,
             keep=keep,
             extra_classes=extra,
+            dtype=self.dtype,
         )
 
     # ------------------------------------------------------------------ prediction
@@ -294,29 +327,33 @@ class Classifier:
         *,
         top_k: int = 5,
         batch_size: int = 64,
-        workers: int = 2,
+        workers: int | None = None,
     ) -> Iterator[Prediction]:
-        """Lazy `predict`: constant memory on any number of images. Decoding runs in
-        `workers` threads one batch ahead of the model."""
+        """Lazy `predict`: constant memory on any number of images. Reading and decoding
+        run in `workers` threads (default: one per CPU core, 2 to 8) one batch ahead of the
+        model; Pillow and NumPy release the GIL for much of that work."""
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
-        size = self.image_size
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            pending: list | None = None  # the previous batch decodes while the model runs
+        workers = max(1, workers) if workers else min(8, max(2, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            pending = None  # the next batch decodes while the model runs on this one
             for chunk in _chunks(images, batch_size):
-                futures = [pool.submit(_prepare, item, size) for item in chunk]
+                ahead = _DecodedBatch(chunk, self.image_size, pool, workers)
                 if pending is not None:
-                    yield from self._finish([f.result() for f in pending], top_k)
-                pending = futures
+                    yield from self._finish(*pending.result(), top_k)
+                pending = ahead
             if pending is not None:
-                yield from self._finish([f.result() for f in pending], top_k)
+                yield from self._finish(*pending.result(), top_k)
 
-    def _finish(self, prepared: list, top_k: int) -> list[Prediction]:
-        good = [i for i, (array, _) in enumerate(prepared) if array is not None]
-        out = [Prediction(error=err) for _, err in prepared]
+    def _finish(self, batch: np.ndarray, errors: list[str | None], top_k: int) -> list[Prediction]:
+        """Predictions for a decoded batch (uint8 ``[B, 3, S, S]``; rows whose `errors`
+        entry is set hold no image)."""
+        good = [i for i, err in enumerate(errors) if err is None]
+        if len(good) == len(errors):
+            return self._predictions(*self.probabilities_of_uint8(batch), top_k)
+        out = [Prediction(error=err) for err in errors]
         if good:
-            batch = np.stack([prepared[i][0] for i in good])
-            probs, energy = self.probabilities_of_uint8(batch)
+            probs, energy = self.probabilities_of_uint8(batch[good])
             for i, p in zip(good, self._predictions(probs, energy, top_k), strict=True):
                 out[i] = p
         return out
@@ -326,7 +363,8 @@ class Classifier:
         the current label list."""
         import torch
 
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, self.dtype, enabled=self.dtype is not None)
+        with torch.inference_mode(), autocast:
             x = self.model.normalize(torch.as_tensor(images).to(self.device))
             if self.kind == "clip" and self._text is not None:
                 image = self.model.encode_image(x)
@@ -347,31 +385,38 @@ class Classifier:
         return logits.softmax(-1).cpu().numpy().astype(np.float64), energy.cpu().numpy()
 
     def _predictions(self, probs: np.ndarray, energy: np.ndarray, top_k: int) -> list[Prediction]:
+        # Array work for the whole batch first; the loop only assembles Python objects.
         k = min(top_k, probs.shape[1])
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top_p = np.take_along_axis(probs, order, axis=1).tolist()
         paths = self.tree.confident_path(probs, self.thresholds["rank"])
-        living_p = probs[:, self.tree.living].sum(1) if self.tree.living.any() else None
+        living = self.tree.living
+        living_p = probs[:, living].sum(1).tolist() if living.any() else [0.0] * len(probs)
+        dead = np.flatnonzero(~living)
+        if len(dead):
+            dead_best = dead[probs[:, dead].argmax(axis=1)]
+            dead_p = probs[np.arange(len(probs)), dead_best].tolist()
+            dead_best = dead_best.tolist()
         ood_t = self.thresholds.get("ood")
+        kingdom_t = self.thresholds["rank"]["kingdom"]
+        classes, lineage_of = self.classes, self._lineage_rows
         out = []
-        for b, (path, confident) in enumerate(paths):
-            top = [(self.classes[c], float(probs[b, c])) for c in order[b]]
-            lin = self.class_lineages[order[b, 0]]
+        for b, ((path, confident), top, e, alive) in enumerate(
+            zip(paths, order.tolist(), energy.tolist(), living_p, strict=True)
+        ):
             p = Prediction(
-                top=top,
-                lineage={r: lin.get(r) or None for r in RANKS},
-                ood_score=float(energy[b]),
-                ood=None if ood_t is None else bool(energy[b] > ood_t),
+                top=[(classes[c], q) for c, q in zip(top, top_p[b], strict=True)],
+                lineage=dict(lineage_of[top[0]]),
+                ood_score=e,
+                ood=None if ood_t is None else e > ood_t,
+                living=alive >= 0.5,
+                living_probability=alive,
             )
-            p.living_probability = 0.0 if living_p is None else float(living_p[b])
-            p.living = p.living_probability >= 0.5
             if p.living and confident:
                 p.confident_rank, p.confident_name, p.confident_probability = path[confident - 1]
-            elif not p.living:
-                dead = np.where(~self.tree.living)[0]
-                best = dead[np.argmax(probs[b, dead])]
-                if probs[b, best] >= self.thresholds["rank"]["kingdom"]:
-                    p.confident_name = self.classes[best]
-                    p.confident_probability = float(probs[b, best])
+            elif not p.living and len(dead) and dead_p[b] >= kingdom_t:
+                p.confident_name = classes[dead_best[b]]
+                p.confident_probability = dead_p[b]
             out.append(p)
         return out
 
@@ -532,6 +577,32 @@ def _chunks(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+class _DecodedBatch:
+    """A batch being read and decoded by a thread pool straight into one uint8
+    ``[B, 3, S, S]`` array (the model's layout: no stacking or transposing copy later), a
+    few contiguous slices per task rather than one future per image."""
+
+    def __init__(self, items: list, size: int, pool: ThreadPoolExecutor, workers: int):
+        self.array = np.empty((len(items), 3, size, size), dtype=np.uint8)
+        self.errors: list[str | None] = [None] * len(items)
+        step = max(1, -(-len(items) // (2 * workers)))  # two slices a worker: even finish
+        self.futures = [
+            pool.submit(self._decode, items, start, min(start + step, len(items)), size)
+            for start in range(0, len(items), step)
+        ]
+
+    def _decode(self, items: list, start: int, stop: int, size: int) -> None:
+        for i in range(start, stop):
+            array, self.errors[i] = _prepare(items[i], size)
+            if array is not None:
+                self.array[i] = array.transpose(2, 0, 1)
+
+    def result(self) -> tuple[np.ndarray, list[str | None]]:
+        for f in self.futures:
+            f.result()
+        return self.array, self.errors
+
+
 def _prepare(item: ImageInput, size: int) -> tuple[np.ndarray | None, str | None]:
     """(uint8 [S, S, 3] or None, "reason: message" or None) for one input."""
     from PIL import Image
@@ -566,16 +637,65 @@ def _prepare(item: ImageInput, size: int) -> tuple[np.ndarray | None, str | None
 
 def _check_header(data: bytes, max_bytes: int, max_pixels: int) -> None:
     """Cheap checks before decoding: empty, too large, not an image, too many pixels."""
+    from planktonzilla.images import ImageRejected
+
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    if len(data) > max_bytes:
+        raise ImageRejected("too_large", f"{len(data):,} bytes is over the {max_bytes:,} limit")
+    size = _header_size(data)
+    if size is not None:
+        w, h = size
+    else:
+        w, h = _opened_size(data)
+    if w * h > max_pixels:
+        raise ImageRejected(
+            "decompression_bomb", f"{w}x{h} = {w * h:,} pixels is over the {max_pixels:,} limit"
+        )
+
+
+_SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read straight from a PNG's IHDR or a JPEG's frame header, so that
+    Pillow parses the image once (in `preprocess`), not twice; None for any other format or
+    anything unusual, which Pillow identifies."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return (w, h) if w and h else None
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in _SOF:
+            if i + 9 > n:
+                return None
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (w, h) if w and h else None
+        elif marker in (0xD8, 0xD9, 0xDA):  # a second start, the end, or scan data first
+            return None
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _opened_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as Pillow identifies the image; ImageRejected when it cannot."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
     from planktonzilla.images import _MAGIC, ImageRejected
 
-    if not data:
-        raise ImageRejected("empty", "zero-byte file")
-    if len(data) > max_bytes:
-        raise ImageRejected("too_large", f"{len(data):,} bytes is over the {max_bytes:,} limit")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -587,7 +707,4 @@ def _check_header(data: bytes, max_bytes: int, max_pixels: int) -> None:
         if data.startswith(_MAGIC):  # starts like an image we accept, does not open
             raise ImageRejected("corrupt", "not decodable as an image") from None
         raise ImageRejected("unsupported_format", "not an image") from None
-    if w * h > max_pixels:
-        raise ImageRejected(
-            "decompression_bomb", f"{w}x{h} = {w * h:,} pixels is over the {max_pixels:,} limit"
-        )
+    return w, h

@@ -105,8 +105,16 @@ def _is_prediction_key(key: str) -> bool:
     return key in _PREDICTION_FIXED or _TOP.fullmatch(key) is not None
 
 
+_PLAIN = frozenset({str, bool, int, type(None)})
+
+
 def _plain(value: Any) -> Any:
     """A JSON-able scalar: times as ISO 8601, containers as JSON text, NaN as None."""
+    kind = type(value)
+    if kind in _PLAIN:  # the common cases first: this runs for every field of every row
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
@@ -316,21 +324,27 @@ def _ecotaxa_types(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> li
 
 
 _TOP_LABEL = re.compile(r"object_top\d+_label")
+_TSV_BREAK = re.compile(r"[\t\r\n]")
 
 
 def _tsv_cell(value: Any, numeric: bool = False) -> str:
     if value is None:
         return ""
+    if type(value) is str and not numeric and not _TSV_BREAK.search(value):
+        return value
     if numeric and not _is_number(value):
         return ""  # text met in a number column: EcoTaxa would refuse the whole file
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ""
     if isinstance(value, bool):
         return str(int(value))
-    return re.sub(r"[\t\r\n]", " ", str(value))
+    return _TSV_BREAK.sub(" ", str(value))
 
 
 def _csv_cell(value: Any) -> str:
+    kind = type(value)
+    if kind is str and "\n" not in value and "\r" not in value:
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -542,26 +556,32 @@ class _LineTable:
                 self.numeric = [t == "[f]" for t in types]
                 lines += ["\t".join(self.columns), "\t".join(types)]
         known = set(self.columns)
-        for row in rows:
-            if self.kind == "csv":
-                cells = [_csv_cell(row.get(c)) for c in self.columns]
-                rest = {k: v for k, v in row.items() if k not in known and v is not None}
-                if rest and EXTRA_COLUMN in known:
-                    at = self.columns.index(EXTRA_COLUMN)
-                    cells[at] = json.dumps(rest, default=str, ensure_ascii=False)
-                lines.append(self._csv_line(cells))
-            else:
-                numeric = self.numeric or [False] * len(self.columns)
-                lines.append(
-                    "\t".join(
-                        _tsv_cell(row.get(c), n)
-                        for c, n in zip(self.columns, numeric, strict=False)
-                    )
-                )
+        columns = self.columns
+        if self.kind == "csv":
+            # one csv writer for the whole batch (not one per row)
+            buf = io.StringIO()
+            out = csv.writer(buf, lineterminator="\n")
+            for line in lines:
+                buf.write(line + "\n")
+            at = columns.index(EXTRA_COLUMN) if EXTRA_COLUMN in known else None
+            for row in rows:
+                cells = [_csv_cell(row.get(c)) for c in columns]
+                if at is not None and not known.issuperset(row):
+                    rest = {k: v for k, v in row.items() if k not in known and v is not None}
+                    if rest:
+                        cells[at] = json.dumps(rest, default=str, ensure_ascii=False)
+                out.writerow(cells)
+            text = buf.getvalue()
+        else:
+            numeric = self.numeric or [False] * len(columns)
+            pairs = list(zip(columns, numeric, strict=False))
+            for row in rows:
+                lines.append("\t".join([_tsv_cell(row.get(c), n) for c, n in pairs]))
+            text = "\n".join(lines) + "\n"
         if self._fh is None:
             # kept open across batches; closed by close() (a kill leaves at most a torn line)
             self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
-        self._fh.write("\n".join(lines) + "\n")
+        self._fh.write(text)
         self._fh.flush()
         self.rows += len(rows)
 
