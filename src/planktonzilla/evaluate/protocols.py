@@ -15,6 +15,7 @@ and bookkeeping live in `planktonzilla.evaluate`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,7 +89,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, seed: int = 0):
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
-    return model.fit(x, y)
+    with warnings.catch_warnings():  # k-shot: "more classes than half the samples" is the point
+        warnings.filterwarnings("ignore", message="The number of unique classes")
+        return model.fit(x, y)
 
 
 def probe_scores(model, x: np.ndarray, num_classes: int) -> np.ndarray:
