@@ -172,3 +172,10 @@ def test_demo_builds_a_store(tmp_path):
     ).to_pylist()
     assert len(copepods) == len(INSTRUMENTS)
     assert "Copepoda" in (tmp_path / "flow.html").read_text()
+    # too few images for a test side: no evaluation, but the new images are classified
+    assert "evaluation skipped" in result.output
+    with open(tmp_path / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * len(CLASSES) * len(INSTRUMENTS)
+    assert all(r["label"] and not r["error"] for r in rows)
+    assert (tmp_path / "predictions-ecotaxa.zip").is_file()

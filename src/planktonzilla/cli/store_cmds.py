@@ -221,8 +221,12 @@ def _demo_train(store, models: Path, epochs: int) -> None:
 def _demo_evaluate(store, models: Path) -> None:
     """Both demo models, every protocol that applies, one comparison report."""
     from planktonzilla.cli.evaluate import _print_run
+    from planktonzilla.dataset import dataset_view
     from planktonzilla.evaluate import EVALUATIONS_DIR, compare
 
+    if not dataset_view(store, "stratified").counts()["test"]:
+        console.print("\nNo test images (sample too small): evaluation skipped.")
+        return
     console.print("\n[bold]Evaluating[/] (supervised, zero-shot, few-shot, linear probe)")
     out = store.path / EVALUATIONS_DIR / "demo"
     runs = compare(
