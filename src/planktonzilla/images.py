@@ -15,7 +15,7 @@ ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "TIFF", "BMP", "GIF"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 # Leading bytes of the accepted formats: a file that starts like an image but does not decode
 # is `corrupt`; anything else Pillow cannot identify is `unsupported_format`.
-_MAGIC = (b"\x89PNG", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 
 #: Plankton vignettes are small (median ~80x80 px); these limits only stop abuse.
 MAX_BYTES = 64 * 1024 * 1024
@@ -49,20 +49,7 @@ def probe(
         raise ImageRejected("empty", "zero-byte file")
     if len(data) > max_bytes:
         raise ImageRejected("too_large", f"{len(data):,} bytes is over the {max_bytes:,} limit")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("decompression_bomb", str(exc)) from None
-    except UnidentifiedImageError:
-        looks_like_image = data.startswith(_MAGIC) or name.lower().endswith(tuple(IMAGE_SUFFIXES))
-        if looks_like_image:
-            raise ImageRejected("corrupt", "not decodable as an image") from None
-        raise ImageRejected("unsupported_format", "not an image file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(_reason(exc), f"unreadable image header: {exc}") from None
-    with im:
+    with open_image(data, name=name) as im:
         if im.format not in ACCEPTED_FORMATS:
             raise ImageRejected("unsupported_format", f"{im.format} images are not accepted")
         width, height = im.size
@@ -80,6 +67,24 @@ def probe(
         except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             raise ImageRejected("corrupt", f"decoding failed: {exc}") from None
         return ImageInfo(im.format.lower(), width, height, len(im.getbands()))
+
+
+def open_image(data: bytes, *, name: str = "") -> Image.Image:
+    """Pillow's lazy open (header only) of `data`; `ImageRejected` when it cannot identify
+    the bytes (`corrupt` if they start like an accepted image or `name` has an image suffix,
+    else `unsupported_format`), or when Pillow itself calls them a decompression bomb."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("decompression_bomb", str(exc)) from None
+    except UnidentifiedImageError:
+        if data.startswith(IMAGE_MAGIC) or name.lower().endswith(tuple(IMAGE_SUFFIXES)):
+            raise ImageRejected("corrupt", "not decodable as an image") from None
+        raise ImageRejected("unsupported_format", "not an image file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(_reason(exc), f"unreadable image header: {exc}") from None
 
 
 def _reason(exc: Exception) -> str:

@@ -65,6 +65,8 @@ def evaluate(
     unless ``report=False``) into `out` (default ``<store>/evaluations/<time>-<model>-<split>``)
     and returns the results dict. A protocol that does not apply to the model (zero-shot of a
     supervised classifier, supervised of a foundation model) is listed under ``skipped``."""
+    import pyarrow as pa
+
     from planktonzilla import __version__
     from planktonzilla.dataset import dataset_view
     from planktonzilla.evaluate import metrics
@@ -80,6 +82,7 @@ def evaluate(
         raise ValueError("zero_shot_classes must be 'all' or 'test'")
     store = store if isinstance(store, ObjectStore) else ObjectStore(store)
     started = time.perf_counter()
+    cache_args = {"batch_size": batch_size, "workers": workers, "disk": use_cache}
     folds = fold_models(model) if encoder is None else {}
     if folds:
         if list(protocols) != ["cross-source"]:
@@ -90,7 +93,7 @@ def evaluate(
             store,
             rank=cross_rank,
             plankton_only=True if plankton_only is None else plankton_only,
-            feature_args={"batch_size": batch_size, "workers": workers, "use_cache": use_cache},
+            cache_args=cache_args,
             device=device,
             out=out,
             report=report,
@@ -101,19 +104,15 @@ def evaluate(
     if plankton_only is None:
         plankton_only = filters.get("plankton_only", True)
     view = dataset_view(store, split, rank=rank, plankton_only=plankton_only, min_per_class=1)
-    cache = FeatureCache(store, enc)
+    cache = FeatureCache(store, enc, **cache_args)
     train, val, test = view.side("train"), view.side("val"), view.side("test")
     if not test.num_rows:
         raise ValueError(f"split {split!r} has no test images at rank {rank!r}")
-    feature_args = {"batch_size": batch_size, "workers": workers, "use_cache": use_cache}
     needs_train = any(p in protocols for p in ("few-shot", "linear-probe", "cross-source"))
     # one pass over every image the protocols need; later calls hit the cache
-    sides = [test, *([train, val] if needs_train else [])]
-    import pyarrow as pa
-
-    every = pa.concat_tables(sides)
-    cache.features(every, progress=progress, **feature_args)
-    x_test = cache.features(test, **feature_args)
+    every = pa.concat_tables([test, *([train, val] if needs_train else [])])
+    cache.features(every, progress=progress)
+    x_test = cache.features(test)
     classes = view.classes
     y_test = P.index_labels(test["label"].to_pylist(), classes)
     train_counts = np.bincount(
@@ -163,9 +162,9 @@ def evaluate(
             }
 
     if needs_train:
-        x_train = cache.features(train, **feature_args)
+        x_train = cache.features(train)
         y_train = train["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
-        x_val = cache.features(val, **feature_args) if val.num_rows else None
+        x_val = cache.features(val) if val.num_rows else None
         y_val = P.index_labels(val["label"].to_pylist(), classes) if val.num_rows else None
     if "linear-probe" in protocols:
         probs, c = P.linear_probe(x_train, y_train, x_test, len(classes), val_x=x_val, val_y=y_val)
@@ -187,7 +186,7 @@ def evaluate(
         )
     if "cross-source" in protocols:
         results["cross-source"] = _cross_source(
-            store, enc, cache, cross_rank, cross_unit, plankton_only, feature_args
+            store, enc, cache, cross_rank, cross_unit, plankton_only, cache_args
         )
 
     run = {
@@ -233,7 +232,7 @@ def evaluate(
 
 
 def _evaluate_folds(
-    directory, folds, store, *, rank, plankton_only, feature_args, device, out, report
+    directory, folds, store, *, rank, plankton_only, cache_args, device, out, report
 ):
     """`evaluate` of a directory of per-fold models (cross-source only)."""
     import hashlib
@@ -249,7 +248,7 @@ def _evaluate_folds(
         raise ValueError(f"{directory} mixes loso- and loio- fold models")
     unit = {v: k for k, v in FOLD_PREFIXES.items()}[prefixes.pop()]
     first = load_encoder(next(iter(folds.values())), device)
-    block = _cross_source(store, first, None, rank, unit, plankton_only, feature_args, folds)
+    block = _cross_source(store, first, None, rank, unit, plankton_only, cache_args, folds)
     identity = hashlib.sha256("".join(f["model_hash"] for f in block["folds"]).encode()).hexdigest()
     run = {
         "format": FORMAT,
@@ -272,7 +271,7 @@ def _evaluate_folds(
         "rank": rank,
         "filters": {"rank": rank, "plankton_only": plankton_only},
         "seeds": [],
-        "settings": {"protocols": ["cross-source"], "cross_unit": unit, **feature_args},
+        "settings": {"protocols": ["cross-source"], "cross_unit": unit, **cache_args},
         "classes": [],
         "class_lineages": [],
         "protocols": {"cross-source": block},
@@ -316,7 +315,7 @@ def fold_models(path: str | os.PathLike) -> dict[str, Path]:
     }
 
 
-def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, models=None):
+def _cross_source(store, enc, cache, rank, unit, plankton_only, cache_args, models=None):
     """Leave-one-unit-out folds (see `protocols.cross_source`). With `models` (split name →
     model directory trained on that split), each fold's own model predicts and its predicted
     class is read at `rank`: a true transfer to a unit it never saw. Without, a logistic
@@ -348,16 +347,16 @@ def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, mo
             parts[key] = va.filter(np.array([v == other for v in va[column].to_pylist()]))
         if models:
             fold_enc = load_encoder(models[name], enc.device)
-            fold_cache = FeatureCache(store, fold_enc)
+            fold_cache = FeatureCache(store, fold_enc, **cache_args)
             at_rank = [(lin.get(rank) or None) for lin in fold_enc.class_lineages]
 
             def predict(part, fold_enc=fold_enc, fold_cache=fold_cache, at_rank=at_rank):
-                logits = fold_enc.head_logits(fold_cache.features(part, **feature_args))
+                logits = fold_enc.head_logits(fold_cache.features(part))
                 return [at_rank[i] for i in logits.argmax(1)]
 
             trained_on = {"model": str(models[name]), "model_hash": fold_enc.identity}
         else:
-            x_tr = cache.features(tr, **feature_args)
+            x_tr = cache.features(tr)
             y_tr = tr["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
             mean = x_tr.mean(0)
             probe = P.fit_logistic(P.normalise(x_tr, mean), y_tr) if len(set(y_tr)) > 1 else None
@@ -365,7 +364,7 @@ def _cross_source(store, enc, cache, rank, unit, plankton_only, feature_args, mo
             def predict(part, probe=probe, mean=mean, y_tr=y_tr, classes=fold.classes):
                 if probe is None:
                     return [classes[y_tr[0]]] * part.num_rows
-                x = P.normalise(cache.features(part, **feature_args), mean)
+                x = P.normalise(cache.features(part), mean)
                 return [classes[i] for i in P.probe_scores(probe, x, len(classes)).argmax(1)]
 
             trained_on = {"n_train": int(tr.num_rows)}

@@ -198,51 +198,58 @@ def weights_hash(directory: Path) -> str:
 
 class FeatureCache:
     """Features per object id for one (encoder, store, preprocessing); see the module
-    docstring. ``cache = FeatureCache(store, encoder); x = cache.features(table)``."""
+    docstring. ``cache = FeatureCache(store, encoder); x = cache.features(table)``.
+    The parts on disk are read once per object; ``disk=False`` keeps features in memory
+    only (nothing read or written)."""
 
-    def __init__(self, store, encoder: Encoder, *, root: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        store,
+        encoder: Encoder,
+        *,
+        batch_size: int = 64,
+        workers: int = 0,
+        disk: bool = True,
+        root: str | os.PathLike | None = None,
+    ):
         self.store, self.encoder = store, encoder
+        self.batch_size, self.workers, self.disk = batch_size, workers, disk
         key = hashlib.sha256(
             "\n".join([encoder.identity, store.manifest_hash(), encoder.preprocessing]).encode()
         ).hexdigest()[:32]
         self.key = key
-        self.dir = Path(root) if root is not None else Path(store.path) / CACHE_DIR
-        self.dir = self.dir / key
+        self.dir = (Path(root) if root is not None else Path(store.path) / CACHE_DIR) / key
         self.computed = 0  # images encoded by this object (the rest came from the cache)
+        self._known: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
-        if self.dir.is_dir():
+        if self.disk and self.dir.is_dir():
             for part in sorted(self.dir.glob("part-*.npz")):
                 with np.load(part, allow_pickle=False) as z:
                     for oid, row in zip(z["ids"].tolist(), z["features"], strict=True):
                         found[oid] = row
         return found
 
-    def features(
-        self,
-        table: pa.Table,
-        *,
-        batch_size: int = 64,
-        workers: int = 0,
-        progress: bool = False,
-        use_cache: bool = True,
-    ) -> np.ndarray:
-        """float32 ``[N, D]`` features of the table's objects, in table order."""
+    def features(self, table: pa.Table, *, progress: bool = False) -> np.ndarray:
+        """float32 ``[N, D]`` features of the table's objects, in table order; only the
+        objects not cached yet are encoded."""
+        if self._known is None:
+            self._known = self._load()
+        known = self._known
         ids = table["object_id"].to_pylist()
-        known = self._load() if use_cache else {}
         missing = [i for i, oid in enumerate(ids) if oid not in known]
         if missing:
             new = extract(
                 self.encoder,
                 self.store,
                 table.take(missing),
-                batch_size=batch_size,
-                workers=workers,
+                batch_size=self.batch_size,
+                workers=self.workers,
                 progress=progress,
             )
             self.computed += len(missing)
-            if use_cache:
+            if self.disk:
                 self._save([ids[i] for i in missing], new)
             for i, row in zip(missing, new, strict=True):
                 known[ids[i]] = row

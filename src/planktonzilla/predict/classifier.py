@@ -110,46 +110,41 @@ def root_class_of(lineage: dict[str, Any]) -> str:
 
 
 class TaxonomyTree:
-    """Class → ancestor matrices per rank, for summing probabilities up the lineage."""
+    """Which classes sit under each taxon of each rank, for summing class probabilities up
+    the lineage, and each taxon's parent, for walking down one path."""
 
     def __init__(self, class_lineages: Sequence[dict[str, Any]]):
         self.class_lineages = list(class_lineages)
         self.root_classes = [root_class_of(lin) for lin in self.class_lineages]
         self.living = np.array([rc == "living" for rc in self.root_classes])
         self.names: dict[str, list[str]] = {}
-        self.members: dict[str, np.ndarray] = {}  # rank -> [C, n_names] 0/1
-        # The same membership as (classes sorted by name, first class of each name), so that
-        # sums are np.add.reduceat, not a BLAS product: BLAS threads that wake up beside the
-        # model's own threads and the decoding threads cost tens of ms a batch.
+        # Membership as (classes sorted by taxon, first class of each taxon), so that sums are
+        # np.add.reduceat, not a BLAS product: BLAS threads that wake up beside the model's
+        # own threads and the decoding threads cost tens of ms a batch.
         self._order: dict[str, np.ndarray] = {}
         self._starts: dict[str, np.ndarray] = {}
         for rank in RANKS:
             values = [lin.get(rank) or None for lin in self.class_lineages]
             names = sorted({v for v in values if v})
             index = {n: i for i, n in enumerate(names)}
-            m = np.zeros((len(values), len(names)), dtype=np.float64)
-            for c, v in enumerate(values):
-                if v:
-                    m[c, index[v]] = 1.0
-            self.names[rank], self.members[rank] = names, m
+            self.names[rank] = names
             of = np.array([index[v] if v else -1 for v in values], dtype=np.int64)
             order = np.argsort(of, kind="stable")
             order = order[of[order] >= 0]
             self._order[rank] = order
             self._starts[rank] = np.searchsorted(of[order], np.arange(len(names)))
-        # parent of each name at rank r (name at r-1), for walking down one path
-        self.parent: dict[str, dict[str, str | None]] = {}
-        self._parent_index: dict[str, np.ndarray] = {}  # its index at r-1, -1 for none
+        # index of each name's parent (its name at the rank above), -1 for none
+        self._parent_index: dict[str, np.ndarray] = {}
         for depth, rank in enumerate(RANKS):
             up = RANKS[depth - 1] if depth else None
-            self.parent[rank] = {
+            parent = {
                 lin[rank]: (lin.get(up) if up else None)
                 for lin in self.class_lineages
                 if lin.get(rank)
             }
             above = {n: i for i, n in enumerate(self.names[up])} if up else {}
             self._parent_index[rank] = np.array(
-                [above.get(self.parent[rank][n], -1) for n in self.names[rank]], dtype=np.int64
+                [above.get(parent[n], -1) for n in self.names[rank]], dtype=np.int64
             )
 
     def aggregate(self, probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -690,21 +685,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 def _opened_size(data: bytes) -> tuple[int, int]:
     """(width, height) as Pillow identifies the image; ImageRejected when it cannot."""
-    import warnings
+    from planktonzilla.images import open_image
 
-    from PIL import Image, UnidentifiedImageError
-
-    from planktonzilla.images import _MAGIC, ImageRejected
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("decompression_bomb", str(exc)) from None
-    except UnidentifiedImageError:
-        if data.startswith(_MAGIC):  # starts like an image we accept, does not open
-            raise ImageRejected("corrupt", "not decodable as an image") from None
-        raise ImageRejected("unsupported_format", "not an image") from None
-    return w, h
+    with open_image(data) as im:
+        return im.size

@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from planktonzilla.images import IMAGE_SUFFIXES
+from planktonzilla.images import IMAGE_MAGIC, IMAGE_SUFFIXES
 from planktonzilla.readers.ecotaxa import is_table_name
 from planktonzilla.readers.folder import JUNK_DIRS, is_junk, walk_relative
 from planktonzilla.records import FileBytes, Record, Rejection
@@ -35,7 +35,6 @@ __all__ = ["KINDS", "detect", "read_inputs"]
 KINDS = ("image", "images", "ifcb", "flowcam", "ecotaxa", "store", "zip")
 
 # Leading bytes of the image formats we accept (planktonzilla.images.ACCEPTED_FORMATS).
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _IFCB_SUFFIXES = (".hdr", ".adc", ".roi")
 _FLOWCAM_SUFFIXES = (".lst", ".flb")
@@ -74,7 +73,7 @@ def detect(path: str | os.PathLike) -> str | None:
         return "flowcam"
     if head.startswith(_ZIP_MAGIC):
         return _detect_zip(path)
-    if head.startswith(_IMAGE_MAGIC):
+    if head.startswith(IMAGE_MAGIC):
         return "image"
     if is_table_name(path.name) or _looks_like_table(head):
         return "ecotaxa"
@@ -111,7 +110,7 @@ def _is_image_file(path: str) -> bool:
     if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
         return True
     try:
-        return _head(Path(path), 8).startswith(_IMAGE_MAGIC)
+        return _head(Path(path), 8).startswith(IMAGE_MAGIC)
     except OSError:
         return False
 
@@ -348,7 +347,7 @@ def _read_zip(path: Path) -> Iterator[Record | Rejection]:
         if name.startswith("/") or "\\" in name or ".." in parts:
             yield Rejection(name, "unsafe_path", f"{path}: member {name!r} points outside it")
             continue
-        if name in heads and not heads[name].startswith(_IMAGE_MAGIC):
+        if name in heads and not heads[name].startswith(IMAGE_MAGIC):
             yield Rejection(name, "unsupported_format", f"{path}!{name}: not an image file")
             continue
         yield Record(
