@@ -38,13 +38,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
 
-    from planktonzilla.dataset import dataset_view
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.splits import make_split
     from planktonzilla.evaluate import evaluate
     from planktonzilla.evaluate.features import FeatureCache, extract, load_encoder
     from planktonzilla.evaluate.report import write_report
     from planktonzilla.models import build_model, save_model
     from planktonzilla.readers.folder import read_folder
-    from planktonzilla.splits import make_split
     from planktonzilla.store import ObjectStore
 
     with tempfile.TemporaryDirectory() as tmp:

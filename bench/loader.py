@@ -63,7 +63,7 @@ def main() -> None:
     import pyarrow as pa
     from PIL import Image
 
-    from planktonzilla.train.data import ImageTable, make_loader
+    from planktonzilla.data.loader import ImageTable, make_loader
 
     with tempfile.TemporaryDirectory() as tmp:
         store, ingest_s = _store(args, Path(tmp))

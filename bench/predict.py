@@ -92,7 +92,7 @@ def _premade(files: list[Path], size: int, device: str):
     import numpy as np
     import torch
 
-    from planktonzilla.train.data import preprocess
+    from planktonzilla.data.loader import preprocess
 
     arrays = np.stack([preprocess(f.read_bytes(), size) for f in files])
     return torch.from_numpy(np.ascontiguousarray(arrays.transpose(0, 3, 1, 2))).to(device)

@@ -22,7 +22,7 @@ import torch
 
 
 def _synthetic_store(root: Path, per_class: int):
-    from planktonzilla.splits import make_split
+    from planktonzilla.data.splits import make_split
     from planktonzilla.store import ObjectStore
     from planktonzilla.synthetic import synthetic_records
 
@@ -63,10 +63,10 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=60, help="synthetic store size")
     args = parser.parse_args()
 
-    from planktonzilla.dataset import dataset_view
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.loader import make_loader
     from planktonzilla.models import build_model
     from planktonzilla.store import ObjectStore
-    from planktonzilla.train.data import make_loader
     from planktonzilla.train.loop import Distributed, TrainConfig, Trainer
 
     tmp = tempfile.TemporaryDirectory()

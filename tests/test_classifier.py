@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from planktonzilla.dataset import RANKS
+from planktonzilla.data.dataset import RANKS
+from planktonzilla.inference.classifier import TaxonomyTree
 from planktonzilla.models import build_model, save_model
 from planktonzilla.predict import CALIBRATION, Classifier, calibrate, rank_thresholds
-from planktonzilla.predict.classifier import TaxonomyTree
 
 
 def lineage(name, rank, *ranks):
@@ -175,8 +175,8 @@ def test_rank_thresholds_by_hand():
 
 
 def test_calibration_is_written_and_loaded(tmp_path):
-    from planktonzilla.dataset import dataset_view
-    from planktonzilla.splits import make_split
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.splits import make_split
     from planktonzilla.store import ObjectStore
     from planktonzilla.synthetic import synthetic_records
 

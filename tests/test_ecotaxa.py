@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from planktonzilla.readers.ecotaxa import ZipMember, read_ecopart, read_ecotaxa, write_ecotaxa_tsv
+from planktonzilla.readers.ecotaxa import ZipMember, read_ecopart, read_ecotaxa
+from planktonzilla.readers.ecotaxa_tsv import write_ecotaxa_tsv
 from planktonzilla.records import Record, Rejection
 
 REASONS = {

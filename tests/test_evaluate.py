@@ -14,15 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 from planktonzilla.cli import app
-from planktonzilla.dataset import dataset_view
+from planktonzilla.data.dataset import dataset_view
+from planktonzilla.data.loader import make_loader
+from planktonzilla.data.splits import make_split
 from planktonzilla.evaluate import evaluate
 from planktonzilla.evaluate import protocols as P
 from planktonzilla.evaluate.features import FeatureCache, load_encoder
 from planktonzilla.models import build_model, save_model
-from planktonzilla.splits import make_split
 from planktonzilla.store import ObjectStore
 from planktonzilla.synthetic import INSTRUMENTS, synthetic_records
-from planktonzilla.train.data import make_loader
 
 SIZE = 32
 TEXT = {"width": 32, "heads": 2, "layers": 1, "context_length": 24}
@@ -71,24 +71,19 @@ def test_zero_shot_reproduces_open_clips_own_ranking(store, models, tmp_path):
     block = run["protocols"]["zero-shot"]
     assert block["candidates"] == f"all {len(run['classes'])} classes of the label space"
     # the same images, classes and captions through open_clip's own model and tokenizer
-    model, _, _ = open_clip.create_model_and_transforms(
-        f"local-dir:{models['clip']}", force_image_size=SIZE
-    )
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{models['clip']}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{models['clip']}")
     model.eval()
     view = dataset_view(store, "stratified")
     test = view.side("test")
     texts = [t[0] for t in P.captions(view.class_lineages, "lineage")]
-    loaded = load_encoder(models["clip"])
-    mean, std = (
-        torch.tensor(v).view(1, 3, 1, 1)
-        for v in (loaded.model.config["mean"], loaded.model.config["std"])
-    )
+    contract = load_encoder(models["clip"]).preprocess
     predictions = []
     with torch.no_grad():
         text = model.encode_text(tokenizer(texts), normalize=True)
-        for images, _ in make_loader(store, test, batch_size=16, image_size=SIZE, train=False):
-            x = (images.float() / 255 - mean) / std
+        loader = make_loader(store, test, batch_size=16, preprocess=contract, train=False)
+        for images, _ in loader:
+            x = contract.normalize(images)
             image = model.encode_image(x, normalize=True)
             predictions.append((image @ text.T).argmax(1))
     pred = torch.cat(predictions).numpy()
@@ -220,7 +215,7 @@ def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_pat
     import open_clip
     from PIL import Image
 
-    from planktonzilla.train.data import ImageTable
+    from planktonzilla.data.loader import ImageTable
 
     spec = f"local-dir:{models['clip']}"
     run = evaluate(
@@ -233,7 +228,7 @@ def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_pat
         report=False,
     )
     assert run["model"]["kind"] == "open_clip" and "supervised" in run["skipped"]
-    model, _, preprocess = open_clip.create_model_and_transforms(spec, force_image_size=SIZE)
+    model, _, preprocess = open_clip.create_model_and_transforms(spec)
     tokenizer = open_clip.get_tokenizer(spec)
     model.eval()
     view = dataset_view(store, "stratified")
@@ -257,7 +252,7 @@ def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_pat
 def test_cross_source_with_one_model_per_fold(store, tmp_path):
     """A directory of loso-<source> models: each fold's own model predicts its held-out
     source, read at the phylum rank."""
-    from planktonzilla.splits import list_splits
+    from planktonzilla.data.splits import list_splits
 
     folds = tmp_path / "folds"
     for name in (s for s in list_splits(store) if s.startswith("loso-")):

@@ -11,16 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from planktonzilla.readers.folder import read_folder
-from planktonzilla.store import ObjectStore
-from planktonzilla.train.data import (
+from planktonzilla.data.loader import (
     Augment,
     EpochBatchSampler,
     ImageTable,
     make_loader,
-    normalize,
-    preprocess,
 )
+from planktonzilla.data.preprocess import PreprocessConfig, normalize
+from planktonzilla.readers.folder import read_folder
+from planktonzilla.store import ObjectStore
 
 # 10 + 27 + 49 + 85 = 171 images, deliberately imbalanced
 CLASSES = ("heteropod", "echinopluteus", "amphipods", "fish_larvae_medium_body")
@@ -84,7 +83,7 @@ def test_shapes_and_dtypes(store, data, table):
     assert images.is_contiguous()
     assert labels.shape == (32,) and labels.dtype == torch.int64
     assert len(loader) == 171 // 32
-    one = preprocess(data.image_bytes(0), 48)
+    one = PreprocessConfig(size=48)(data.image_bytes(0))
     assert one.shape == (48, 48, 3) and one.dtype == np.uint8
     image, label = data[0]
     assert image.shape == (3, S, S) and label == table["label_index"][0].as_py()
@@ -98,7 +97,7 @@ def test_shapes_and_dtypes(store, data, table):
 def test_pad_to_square_keeps_aspect_with_border_fill():
     tall = np.full((60, 20), 200, np.uint8)
     tall[5:55, 6:14] = 30  # a dark object inside a light background
-    out = preprocess(_png(tall), 60)
+    out = PreprocessConfig(size=60)(_png(tall))
     assert out.shape == (60, 60, 3)
     assert (out[:, :20] == 200).all() and (out[:, 40:] == 200).all()  # padding = border colour
     assert np.array_equal(out[:, 20:40, 0], tall)  # centred, unscaled at 60 px
@@ -106,13 +105,13 @@ def test_pad_to_square_keeps_aspect_with_border_fill():
     rgb = np.zeros((30, 10, 3), np.uint8)
     rgb[:] = (10, 120, 200)
     rgb[3:27, 3:7] = (250, 250, 0)
-    out = preprocess(_png(rgb), 60)
+    out = PreprocessConfig(size=60)(_png(rgb))
     assert (out[:, :18] == (10, 120, 200)).all() and (out[:, 42:] == (10, 120, 200)).all()
     cols = np.nonzero((out[:, :, 2] < 100).any(axis=0))[0]
     rows = np.nonzero((out[:, :, 2] < 100).any(axis=1))[0]
     assert 7 <= len(cols) <= 9 and 47 <= len(rows) <= 49  # 4 x 24 px object, scaled 2x
     assert abs(cols.mean() - 29.5) < 1 and abs(rows.mean() - 29.5) < 1
-    explicit = preprocess(_png(tall), 60, fill=0)
+    explicit = PreprocessConfig(size=60, fill=0)(_png(tall))
     assert (explicit[:, :20] == 0).all()
 
 
@@ -123,7 +122,7 @@ def test_real_tall_image_is_centred(store, data):
     assert ratios[i] > 1.5
     raw = np.asarray(Image.open(io.BytesIO(data.image_bytes(i))).convert("L"))
     border = np.concatenate((raw[0], raw[-1], raw[:, 0], raw[:, -1]))
-    out = preprocess(data.image_bytes(i), 64)
+    out = PreprocessConfig(size=64)(data.image_bytes(i))
     width = round(64 / ratios[i])
     margin = (64 - width) // 2
     assert margin >= 8
@@ -147,7 +146,7 @@ def test_formats(kind):
         big = np.full((1500, 3000), 90, np.uint8)
         big[500:1000, 1000:2000] = 240
         data = _png(big, "JPEG")
-    out = preprocess(data, 32)
+    out = PreprocessConfig(size=32)(data)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     if kind == "bigjpeg":  # decoded at reduced scale; 2:1 aspect -> 8 rows of padding each side
         assert abs(int(out[2, 16, 0]) - 90) <= 2 and abs(int(out[16, 16, 0]) - 240) <= 3
@@ -159,7 +158,7 @@ def test_augmentations_change_train_not_eval(store, data):
     assert _same(eval_a, eval_b)
     for j in range(16):  # eval is exactly preprocess(), in table order
         assert np.array_equal(
-            eval_a[0][0][j].permute(1, 2, 0).numpy(), preprocess(data.image_bytes(j), S)
+            eval_a[0][0][j].permute(1, 2, 0).numpy(), PreprocessConfig(size=S)(data.image_bytes(j))
         )
     sampler = EpochBatchSampler(data, batch_size=16, shuffle=False, augment=Augment())
     key = next(iter(sampler))

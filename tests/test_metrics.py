@@ -8,7 +8,7 @@ import pytest
 from pytest import approx
 from sklearn import metrics as skm
 
-from planktonzilla.dataset import RANKS
+from planktonzilla.data.dataset import RANKS
 from planktonzilla.evaluate.metrics import (
     calibration,
     classification_report,

@@ -94,7 +94,8 @@ def test_saved_model_reloads_and_predicts_identically(tmp_path, kind):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["kind"] == kind and config["classes"] == CLASSES
     assert config["class_lineages"][0]["order"] == "Calanoida"
-    assert config["store_manifest_hash"] == "abc" and config["mean"] and config["std"]
+    assert config["store_manifest_hash"] == "abc" and config["preprocess"]["size"] == 32
+    assert len(config["preprocess"]["mean"]) == len(config["preprocess"]["std"]) == 3
     reloaded = load_model(tmp_path / "m")
     assert type(reloaded) is type(model)
     assert torch.equal(reloaded.predict_logits(x), model.predict_logits(x))
@@ -111,9 +112,7 @@ def test_clip_model_opens_in_open_clip(tmp_path):
     open_clip = pytest.importorskip("open_clip")
     model = tiny("clip", caption_style="bioclip").eval()
     save_model(model, tmp_path / "m")
-    oc_model, _, preprocess = open_clip.create_model_and_transforms(
-        f"local-dir:{tmp_path / 'm'}", force_image_size=32
-    )
+    oc_model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'm'}")
     oc_model.eval()
     x = model.normalize(images())
     with torch.no_grad():

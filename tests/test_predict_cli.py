@@ -18,15 +18,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from planktonzilla.cli import app
-from planktonzilla.predict import Classifier
-from planktonzilla.predict.batch import predict_to_file
-from planktonzilla.predict.inputs import detect, read_inputs
-from planktonzilla.predict.writers import (
+from planktonzilla.inference.writers import (
     csv_bytes,
     ecotaxa_tsv_bytes,
     open_writer,
     prediction_rows,
 )
+from planktonzilla.predict import Classifier
+from planktonzilla.predict.batch import predict_to_file
+from planktonzilla.readers.detect import detect, read_inputs
 from planktonzilla.readers.ecotaxa import read_ecotaxa
 from planktonzilla.readers.flowcam import read_flowcam
 from planktonzilla.readers.ifcb import read_ifcb

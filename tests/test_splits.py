@@ -1,5 +1,5 @@
-"""Split schemes (planktonzilla.splits), the `splits` view, the dataset view
-(planktonzilla.dataset) and `pz split` / `pz splits`, on small stores built from ../shared/data
+"""Split schemes (planktonzilla.data.splits), the `splits` view, the dataset view
+(planktonzilla.data.dataset) and `pz split` / `pz splits`, on small stores built from ../shared/data
 and the synthetic sample."""
 
 import csv
@@ -11,10 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from planktonzilla.cli import app
-from planktonzilla.dataset import RANKS, dataset_view
-from planktonzilla.readers.folder import read_folder
-from planktonzilla.readers.ifcb import read_ifcb
-from planktonzilla.splits import (
+from planktonzilla.data.dataset import RANKS, dataset_view
+from planktonzilla.data.splits import (
     SIDES,
     SplitError,
     list_splits,
@@ -23,6 +21,8 @@ from planktonzilla.splits import (
     split_info,
     split_path,
 )
+from planktonzilla.readers.folder import read_folder
+from planktonzilla.readers.ifcb import read_ifcb
 from planktonzilla.store import ObjectStore
 from planktonzilla.synthetic import INSTRUMENTS, synthetic_records
 

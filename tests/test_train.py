@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from planktonzilla.dataset import dataset_view
+from planktonzilla.data.dataset import dataset_view
+from planktonzilla.data.loader import make_loader
+from planktonzilla.data.splits import make_split
 from planktonzilla.models import load_model
-from planktonzilla.splits import make_split
 from planktonzilla.store import ObjectStore
 from planktonzilla.synthetic import synthetic_records
-from planktonzilla.train.data import make_loader
 from planktonzilla.train.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,9 +70,11 @@ def test_supervised_learns_and_reloads_identically(store, tmp_path):
     assert config["split"]["name"] == "stratified" and config["filters"]["rank"] == "deepest"
     assert config["taxonomy_version"] and config["code_version"] and config["kind"] == "supervised"
     assert config["training"]["head_ranks"] == ["phylum"]
+    assert isinstance(config["preprocess"]["fill"], int)  # "auto": one level from the data
     # the reloaded model gives the test figures the run measured
     model = load_model(out)
-    loader = make_loader(store, view.side("test"), batch_size=8, image_size=32, train=False)
+    contract = model.preprocess
+    loader = make_loader(store, view.side("test"), batch_size=8, preprocess=contract, train=False)
     correct = n = 0
     for x, y in loader:
         correct += int((model.predict(x) == y).sum())
@@ -86,12 +88,10 @@ def test_clip_trains_and_reloads(store, tmp_path):
     losses = list(step_losses(out).values())
     assert sum(losses[-3:]) < sum(losses[:3])
     assert (out / "open_clip_model.safetensors").is_file()
-    assert (
-        json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
-            "timm_model_name"
-        ]
-        == "vit_tiny_patch16_224"
-    )
+    exported = json.loads((out / "open_clip_config.json").read_text())
+    # the timm ViT is exported as open_clip's own ViT, at the trained size
+    assert exported["model_cfg"]["vision_cfg"]["image_size"] == 32
+    assert exported["preprocess_cfg"]["resize_mode"] == "longest"
     model = load_model(out)
     assert model.kind == "clip" and 0 <= summary["test_top1"] <= 1
     x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
@@ -123,34 +123,17 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(store, tmp_path, kin
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
-def _torchrun(nproc: int, store, out, kind: str) -> None:
+def _torchrun(nproc: int, store, out, kind: str, *extra: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
+    # fmt: off
     command = [
-        str(torchrun),
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "planktonzilla.train",
-        kind,
-        "--store",
-        str(store.path),
-        "--split",
-        "stratified",
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--image-size",
-        "32",
-        "--device",
-        "cpu",
-        "--lr",
-        "0.002",
-        "--no-progress",
+        str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "planktonzilla.train",
+        kind, "--store", str(store.path), "--split", "stratified", "--out", str(out),
+        "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--device", "cpu",
+        "--lr", str(DDP_LR), "--no-progress", *extra,
     ]
+    # fmt: on
     if kind == "clip":
         config = out.parent / f"{out.name}.toml"
         config.write_text(
@@ -200,26 +183,40 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(store, tmp_path
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
 
 
+DDP_LR = 0.002
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_two_process_ddp_equals_one_process(store, tmp_path, kind):
+    """What DDP guarantees, not bit-equality: both runs see the same global batches (each rank
+    its slice: checked exactly by the loader tests), so the first loss, computed from identical
+    weights, matches to float-summation noise, and one optimizer step later the weights agree
+    except where Adam turned summation noise into a step. (Bit-level agreement after several
+    Adam steps depends on the CPU's float reduction order: it held on one CPU, not another.)"""
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not installed")
-    _torchrun(2, store, tmp_path / "two", kind)
-    _torchrun(1, store, tmp_path / "one", kind)
-    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
-    assert list(one) == list(two) and len(one) == 4
-    for s in one:
-        assert two[s] == pytest.approx(one[s], abs=1e-4)
-    w1 = load_file(tmp_path / "one" / "model.safetensors")
-    w2 = load_file(tmp_path / "two" / "model.safetensors")
+    for n in (2, 1):
+        extra = ("--halt-after-step", "1", "--checkpoint-every", "1")
+        _torchrun(n, store, tmp_path / f"w{n}", kind, *extra)
+    one, two = step_losses(tmp_path / "w1"), step_losses(tmp_path / "w2")
+    assert list(one) == list(two) == [1]
+    # a mean over 16 images of float32 losses summed in another order: ~1e-7 relative
+    assert two[1] == pytest.approx(one[1], rel=1e-5)
+    w1 = torch.load(tmp_path / "w1" / "checkpoint.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=True)["model"]
+    assert w1.keys() == w2.keys()
+    close = total = 0
     for k in w1:
-        a, b = w1[k], w2[k]
-        if k.endswith("attn.in_proj_bias"):  # [q | k | v]: the key bias has an exactly-zero
-            third = len(a) // 3  # gradient (softmax ignores it) that Adam turns float noise
-            # into steps: compare q and v only
-            a, b = torch.cat([a[:third], a[2 * third :]]), torch.cat([b[:third], b[2 * third :]])
-        # (CLIP's global-batch loss sums in another order over 2 ranks; Adam rescales the
-        # tiny gradient differences of near-zero-gradient weights, hence a looser tolerance)
-        assert torch.allclose(a, b, atol=1e-5 if kind == "supervised" else 1e-4), k
-    start = [r for r in log(tmp_path / "two") if r["event"] == "start"][0]
+        a, b = w1[k].float(), w2[k].float()
+        # Adam's first step moves a weight by at most lr (|m / sqrt(v)| <= 1) whatever its
+        # gradient, so no weight can differ by more than 2 lr between the runs ...
+        assert (a - b).abs().max() <= 2 * DDP_LR + 1e-6, k
+        # ... and weights whose gradient is far above float noise move identically: all but
+        # the near-zero-gradient ones (the attention key bias has an exactly-zero gradient)
+        close += int(torch.isclose(a, b, rtol=1e-4, atol=1e-6).sum())
+        total += a.numel()
+    assert close / total > 0.99, f"only {close / total:.4%} of the weights agree"
+    start = [r for r in log(tmp_path / "w2") if r["event"] == "start"][0]
     assert start["world_size"] == 2

@@ -1,23 +1,39 @@
-"""planktonzilla: one store and one taxonomy for the world's plankton image collections."""
+"""planktonzilla: one store and one taxonomy for the world's plankton image collections.
 
-from importlib.metadata import PackageNotFoundError, version
+The public faces:
 
-try:
-    __version__ = version("planktonzilla")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+>>> from planktonzilla import ObjectStore, Classifier, PreprocessConfig, load_model
+>>> from planktonzilla import PlanktonzillaError   # the root of every error it raises
+"""
 
-__all__ = ["ObjectStore", "__version__", "load_model"]
+from planktonzilla._version import __version__
+from planktonzilla.exceptions import PlanktonzillaError
+
+__all__ = [
+    "Classifier",
+    "ObjectStore",
+    "PlanktonzillaError",
+    "PreprocessConfig",
+    "__version__",
+    "dataset_view",
+    "load_model",
+    "make_split",
+]
+
+# Lazy: `import planktonzilla` (and `pz --help`) must stay cheap.
+_LAZY = {
+    "ObjectStore": "planktonzilla.store",
+    "PreprocessConfig": "planktonzilla.data.preprocess",
+    "dataset_view": "planktonzilla.data.dataset",
+    "make_split": "planktonzilla.data.splits",
+    "load_model": "planktonzilla.models",
+    "Classifier": "planktonzilla.inference",
+}
 
 
 def __getattr__(name: str):
-    # Lazy: `import planktonzilla` must stay cheap for the CLI.
-    if name == "ObjectStore":
-        from planktonzilla.store import ObjectStore
+    if name in _LAZY:
+        import importlib
 
-        return ObjectStore
-    if name == "load_model":
-        from planktonzilla.models import load_model
-
-        return load_model
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

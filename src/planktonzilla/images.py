@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from planktonzilla.constants import IMAGE_SUFFIXES
+from planktonzilla.exceptions import ReaderError
+
 #: Formats the store accepts (as Pillow names them). GIF and multi-page TIFF: first frame.
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "TIFF", "BMP", "GIF"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 # Leading bytes of the accepted formats: a file that starts like an image but does not decode
 # is `corrupt`; anything else Pillow cannot identify is `unsupported_format`.
 IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
@@ -30,7 +32,7 @@ class ImageInfo:
     channels: int
 
 
-class ImageRejected(Exception):
+class ImageRejected(ReaderError):
     """The bytes are not an acceptable image; `reason` is the machine-readable code."""
 
     def __init__(self, reason: str, message: str):

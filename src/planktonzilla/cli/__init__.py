@@ -4,6 +4,7 @@ imported inside commands so that `pz --help` starts fast."""
 import typer
 
 from planktonzilla.cli import (
+    _common,
     evaluate,
     ingest,
     predict,
@@ -21,7 +22,17 @@ app = typer.Typer(
     help="planktonzilla: import, harmonize, train on and predict plankton images.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=_common.PzGroup,
 )
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full trace of an error."),
+) -> None:
+    _common.PzGroup.debug = debug
+
+
 app.add_typer(ingest.ingest_app, name="ingest")
 app.add_typer(sources.app, name="sources")
 app.add_typer(taxonomy.app, name="taxonomy")

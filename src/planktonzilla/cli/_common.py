@@ -1,5 +1,9 @@
-"""Pieces shared by the command modules: the console, the `--store` option, and the one way
-every `pz ingest …` command runs a reader into a store and prints its summary."""
+"""Pieces shared by the command modules: the console, the shared options, the one way a user
+error ends a command, and the one way every `pz ingest …` command runs a reader into a store.
+
+Exit codes: 0 success; 1 the command ran and found a problem (a failed check, an ingest whose
+counts do not balance); 2 a user error (bad arguments, a missing or damaged store or model, a
+locked store…) — any `PlanktonzillaError`, printed on one line (`--debug` keeps the trace)."""
 
 from __future__ import annotations
 
@@ -7,14 +11,44 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from planktonzilla.exceptions import EXIT_USER_ERROR, PlanktonzillaError
 
 if TYPE_CHECKING:
     from planktonzilla.records import Record, Rejection
     from planktonzilla.store import IngestReport
 
 console = Console(stderr=True)
+
+
+class PzGroup(TyperGroup):
+    """The root command group: a `PlanktonzillaError` from any command is the user's to fix,
+    so it ends the command with one line and `EXIT_USER_ERROR`, not a traceback."""
+
+    debug = False
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlanktonzillaError as exc:
+            if PzGroup.debug:
+                raise
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a user error and return the exit to raise: `raise fail("…")`."""
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (cuda when available) | cpu | cuda")
 
 STORE_OPTION = typer.Option(..., "--store", "-s", help="Store directory (created if missing).")
 SOURCE_OPTION = typer.Option(..., "--source", help="Source name the images are filed under.")

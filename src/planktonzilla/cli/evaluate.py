@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import DEVICE_OPTION, console
 
 PROTOCOL_HELP = (
     "supervised, zero-shot, few-shot, linear-probe, cross-source (comma-separated or repeated); "
@@ -48,7 +48,7 @@ def evaluate(
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     workers: int = typer.Option(0, "--workers", "-j", min=0, help="Image decoding processes."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    device: str = DEVICE_OPTION,
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached features."),
 ) -> None:
     """Evaluate models on a split: metrics per protocol and per taxonomic rank, results.json
@@ -92,9 +92,10 @@ def evaluate(
         _print_run(r)
     where = Path(runs[0]["store"]["path"])
     if out is None:
-        from planktonzilla.evaluate import EVALUATIONS_DIR
+        from planktonzilla.store import StoreLayout
 
-        latest = max((where / EVALUATIONS_DIR).iterdir(), key=lambda p: p.stat().st_mtime)
+        found = StoreLayout(where).evaluations.iterdir()
+        latest = max(found, key=lambda p: p.stat().st_mtime)
         out = latest
     console.print(f"\nresults and report: {out}/report.html (results.json beside it)")
 
@@ -150,7 +151,7 @@ def calibrate(
     ood_fpr: float = typer.Option(
         0.05, "--ood-fpr", help="Share of in-distribution images flagged out-of-distribution."
     ),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Calibrate a model's abstention thresholds (per rank) and OOD threshold on a split's
     validation side; writes MODEL/calibration.json, which pz predict and pz serve use."""

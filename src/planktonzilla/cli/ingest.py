@@ -1,16 +1,31 @@
-"""`pz ingest …`: one sub-command per kind of input, each a thin wrapper around a reader
-(`planktonzilla.readers`) and `ObjectStore.ingest`."""
+"""`pz ingest PATH…` detects each input's kind (`planktonzilla.readers.detect`); one
+sub-command per kind gives that reader's own options. Each is a thin wrapper around a reader
+and `ObjectStore.ingest`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from planktonzilla.cli._common import SOURCE_OPTION, STORE_OPTION, WORKERS_OPTION, run_ingest
 
+
+class _IngestGroup(TyperGroup):
+    """`pz ingest PATH…` (no sub-command) means `pz ingest auto PATH…`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["auto", *args]
+        return super().resolve_command(ctx, args)
+
+
 ingest_app = typer.Typer(
-    help="Import images (and their metadata) into a store.", no_args_is_help=True
+    help="Import images (and their metadata) into a store: `pz ingest PATH… --store S "
+    "--source NAME` detects each input's kind; the sub-commands give a reader's own options.",
+    no_args_is_help=True,
+    cls=_IngestGroup,
 )
 
 INSTRUMENT_OPTION = typer.Option(
@@ -19,6 +34,37 @@ INSTRUMENT_OPTION = typer.Option(
 LICENSE_OPTION = typer.Option(None, "--license", help="Licence (SPDX id, e.g. CC-BY-4.0).")
 LICENSE_URL_OPTION = typer.Option(None, "--license-url", help="URL of the licence text.")
 PIXEL_SIZE_OPTION = typer.Option(None, "--pixel-size-um", help="Pixel size in micrometres.")
+
+
+@ingest_app.command("auto")
+def ingest_auto(
+    paths: list[Path] = typer.Argument(
+        ...,
+        help="Any mix of image folders, images, IFCB bins, FlowCam runs, EcoTaxa exports, "
+        "zips of images and stores (detected by content).",
+    ),
+    store: Path = STORE_OPTION,
+    source: str = SOURCE_OPTION,
+    instrument: str = INSTRUMENT_OPTION,
+    license: str = LICENSE_OPTION,
+    license_url: str = LICENSE_URL_OPTION,
+    pixel_size_um: float = PIXEL_SIZE_OPTION,
+    workers: int = WORKERS_OPTION,
+) -> None:
+    """Ingest inputs of any kind, each read by the reader its content calls for; a path of no
+    known kind is recorded as rejected with its reason."""
+    from planktonzilla.readers.detect import read_inputs
+
+    run_ingest(
+        read_inputs(paths, ingest=True),
+        store=store,
+        source=source,
+        workers=workers,
+        instrument=instrument,
+        license=license,
+        license_url=license_url,
+        pixel_size_um=pixel_size_um,
+    )
 
 
 @ingest_app.command("folder")

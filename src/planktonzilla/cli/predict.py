@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import DEVICE_OPTION, console
 
 
 class Format(StrEnum):
@@ -40,7 +40,7 @@ def predict(
     ),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Labels kept per image."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    device: str = DEVICE_OPTION,
     labels: str = typer.Option(
         None,
         "--labels",
@@ -69,9 +69,9 @@ def predict(
         console.print(f"[red]no model directory at {model}[/]")
         raise typer.Exit(1)
 
+    from planktonzilla.inference.writers import output_format
     from planktonzilla.predict import Classifier
     from planktonzilla.predict.batch import predict_to_file
-    from planktonzilla.predict.writers import output_format
 
     try:
         output_format(out, fmt.value if fmt else None)

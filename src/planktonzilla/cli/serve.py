@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import DEVICE_OPTION, console
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -23,7 +23,7 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
-    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1, mps."),
+    device: str = DEVICE_OPTION,
     max_upload_mb: float = typer.Option(
         50.0, "--max-upload-mb", min=0.001, help="Largest request body accepted (MB)."
     ),

@@ -26,7 +26,7 @@ def _print_counts(store, names: list[str], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from planktonzilla.splits import split_counts
+    from planktonzilla.data.splits import split_counts
 
     table = Table(title=title, title_justify="left")
     for column in ("split table", "side", "images", "classes", "samples"):
@@ -56,7 +56,7 @@ def split(
 ) -> None:
     """Make split tables (splits/<name>.parquet): stratified per source and taxon, grouped by
     sample id, the collection's upstream split, or leave-one-source/instrument-out folds."""
-    from planktonzilla.splits import SplitError, make_split
+    from planktonzilla.data.splits import SplitError, make_split
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)
@@ -67,13 +67,13 @@ def split(
     except SplitError as exc:
         console.print(f"[red]split failed:[/] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"wrote {len(names)} split table(s) to {s.path / 'splits'}")
+    console.print(f"wrote {len(names)} split table(s) to {s.layout.splits}")
     _print_counts(s, names, f"{scheme.value} (seed {seed})")
 
 
 def splits(store: Path = EXISTING_STORE) -> None:
     """List the store's split tables with images, classes and samples per side."""
-    from planktonzilla.splits import list_splits
+    from planktonzilla.data.splits import list_splits
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)

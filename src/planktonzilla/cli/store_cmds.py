@@ -115,7 +115,7 @@ def export(
 ) -> None:
     """Export the store: Parquet (loads with datasets.load_dataset("parquet", …), image bytes
     kept) or an image-folder tree with metadata.csv."""
-    from planktonzilla.export import export_imagefolder, export_parquet
+    from planktonzilla.data.export import export_imagefolder, export_parquet
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)
@@ -181,9 +181,9 @@ def _demo_train(store, models: Path, epochs: int) -> None:
     """Stratified split, then a tiny ViT of each kind (48 px, CPU): a smoke run, not a result.
     (At 32 px a patch-16 ViT sees 2x2 tokens and barely learns; above lr 5e-4 it collapses to
     the majority class in this few steps.)"""
-    from planktonzilla.splits import make_split
+    from planktonzilla.cli.train import train_and_calibrate as run
+    from planktonzilla.data.splits import make_split
     from planktonzilla.train.loop import TrainConfig
-    from planktonzilla.train.loop import train as run
 
     make_split(store, "stratified", seed=0)
     for kind in ("supervised", "clip"):
@@ -221,14 +221,14 @@ def _demo_train(store, models: Path, epochs: int) -> None:
 def _demo_evaluate(store, models: Path) -> None:
     """Both demo models, every protocol that applies, one comparison report."""
     from planktonzilla.cli.evaluate import _print_run
-    from planktonzilla.dataset import dataset_view
-    from planktonzilla.evaluate import EVALUATIONS_DIR, compare
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.evaluate import compare
 
     if not dataset_view(store, "stratified").counts()["test"]:
         console.print("\nNo test images (sample too small): evaluation skipped.")
         return
     console.print("\n[bold]Evaluating[/] (supervised, zero-shot, few-shot, linear probe)")
-    out = store.path / EVALUATIONS_DIR / "demo"
+    out = store.layout.evaluations / "demo"
     runs = compare(
         [models / "supervised", models / "clip"],
         store,

@@ -48,7 +48,9 @@ def train(
         None, "--balanced/--no-balanced", help="Class-balanced sampling."
     ),
     workers: int = typer.Option(None, "--workers", "-j", min=0),
-    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    device: str = typer.Option(
+        None, "--device", help="auto (cuda when available; default) | cpu | cuda"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     seed: int = typer.Option(None),
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile"),
@@ -64,7 +66,6 @@ def train(
     import tomllib
 
     from planktonzilla.train.loop import TrainConfig
-    from planktonzilla.train.loop import train as run
 
     settings: dict = {}
     if config is not None:
@@ -95,13 +96,29 @@ def train(
     main = int(os.environ.get("RANK", "0")) == 0
     settings["progress"] = progress and main
     try:
-        cfg = TrainConfig.from_dict(settings)
-        summary = run(cfg)
+        summary = train_and_calibrate(TrainConfig.from_dict(settings))
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]training failed:[/] {exc}")
         raise typer.Exit(2) from None
     if main:
         print(json.dumps(summary, indent=1))
+
+
+def train_and_calibrate(cfg) -> dict:
+    """The training workflow: train (every torchrun process), then, on the main process of a
+    finished run with a val side, calibrate the abstention / OOD thresholds `pz predict` uses
+    (`planktonzilla.inference.calibrate`)."""
+    import os
+
+    from planktonzilla.inference import calibrate
+    from planktonzilla.store import ObjectStore
+    from planktonzilla.train.loop import train
+
+    summary = train(cfg)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main and not summary["halted"] and summary.get("val_loss") is not None:
+        calibrate(cfg.out, ObjectStore(cfg.store), cfg.split, device=cfg.device)
+    return summary
 
 
 def register(app: typer.Typer) -> None:

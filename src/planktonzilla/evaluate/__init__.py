@@ -31,9 +31,8 @@ import numpy as np
 PROTOCOLS = ("supervised", "zero-shot", "few-shot", "linear-probe", "cross-source")
 FORMAT = "planktonzilla-evaluation"
 FORMAT_VERSION = 1
-EVALUATIONS_DIR = "evaluations"
 
-__all__ = ["EVALUATIONS_DIR", "PROTOCOLS", "compare", "evaluate", "write_results"]
+__all__ = ["PROTOCOLS", "compare", "evaluate", "write_results"]
 
 
 def evaluate(
@@ -67,8 +66,8 @@ def evaluate(
     supervised classifier, supervised of a foundation model) is listed under ``skipped``."""
     import pyarrow as pa
 
-    from planktonzilla import __version__
-    from planktonzilla.dataset import dataset_view
+    from planktonzilla._version import __version__
+    from planktonzilla.data.dataset import dataset_view
     from planktonzilla.evaluate import metrics
     from planktonzilla.evaluate import protocols as P
     from planktonzilla.evaluate.features import FeatureCache, load_encoder
@@ -226,7 +225,7 @@ def evaluate(
     if out is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", enc.name)[:60]
-        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-{name}-{split}"
+        out = store.layout.evaluations / f"{stamp}-{name}-{split}"
     write_results(run, out, report=report)
     return run
 
@@ -237,9 +236,9 @@ def _evaluate_folds(
     """`evaluate` of a directory of per-fold models (cross-source only)."""
     import hashlib
 
-    from planktonzilla import __version__
+    from planktonzilla._version import __version__
+    from planktonzilla.data.splits import split_info
     from planktonzilla.evaluate.features import load_encoder
-    from planktonzilla.splits import split_info
     from planktonzilla.taxonomy import mapping_version
 
     started = time.perf_counter()
@@ -280,7 +279,7 @@ def _evaluate_folds(
     }
     if out is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-{directory.name}-cross-source"
+        out = store.layout.evaluations / f"{stamp}-{directory.name}-cross-source"
     write_results(run, out, report=report)
     return run
 
@@ -320,10 +319,10 @@ def _cross_source(store, enc, cache, rank, unit, plankton_only, cache_args, mode
     model directory trained on that split), each fold's own model predicts and its predicted
     class is read at `rank`: a true transfer to a unit it never saw. Without, a logistic
     probe on `enc`'s frozen features is trained per fold: how far its features transfer."""
-    from planktonzilla.dataset import dataset_view
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.splits import list_splits, sanitize
     from planktonzilla.evaluate import protocols as P
     from planktonzilla.evaluate.features import FeatureCache, load_encoder
-    from planktonzilla.splits import list_splits, sanitize
 
     prefix = FOLD_PREFIXES[unit]
     column = "source" if unit == "source" else "instrument"
@@ -456,7 +455,7 @@ def compare(
     store = store if isinstance(store, ObjectStore) else ObjectStore(store)
     if out is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        out = Path(store.path) / EVALUATIONS_DIR / f"{stamp}-compare-{split}"
+        out = store.layout.evaluations / f"{stamp}-compare-{split}"
     out = Path(out)
     runs: list[dict[str, Any]] = []
     for i, model in enumerate(models):

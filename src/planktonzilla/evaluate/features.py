@@ -29,8 +29,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-CACHE_DIR = Path("cache") / "features"
-
 
 class Encoder:
     """Base: `name`, `spec`, `kind`, `identity` (hash of the weights), `preprocessing` (a
@@ -48,8 +46,10 @@ class Encoder:
     caption_style: str = "lineage"
     is_clip: bool = False
 
-    def __init__(self, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+    def __init__(self, device: str | torch.device = "auto"):
+        from planktonzilla.models import resolve_device
+
+        self.device = resolve_device(device)
 
     def dataset(self, store, table: pa.Table):
         """A map-style dataset of model-ready float tensors ``[3, S, S]`` in table order."""
@@ -88,7 +88,7 @@ class _Transformed(torch.utils.data.Dataset):
 class PlanktonEncoder(Encoder):
     """A planktonzilla model directory (supervised or CLIP-style)."""
 
-    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "auto"):
         from planktonzilla.models import load_model
 
         super().__init__(device)
@@ -101,20 +101,19 @@ class PlanktonEncoder(Encoder):
         self.name = config.get("name") or self.directory.name
         self.identity = weights_hash(self.directory)
         self.image_size = self.model.image_size
-        self.preprocessing = f"planktonzilla.preprocess pad-square bilinear {self.image_size}px"
+        self.preprocess = self.model.preprocess
+        self.preprocessing = f"planktonzilla {self.preprocess.to_dict()}"
         self.classes = list(self.model.classes)
         self.class_lineages = [dict(lin) for lin in config["class_lineages"]]
         self.caption_style = config.get("caption_style", "lineage")
         self.filters = config.get("filters") or {}
 
     def dataset(self, store, table: pa.Table):
-        from planktonzilla.train.data import ImageTable, preprocess
+        from planktonzilla.data.loader import ImageTable
 
-        images = ImageTable(store, table, image_size=self.image_size)
-        size = self.image_size
-        return _Transformed(
-            images, lambda data: torch.from_numpy(preprocess(data, size).copy()).permute(2, 0, 1)
-        )
+        cfg = self.preprocess
+        images = ImageTable(store, table, preprocess=cfg)
+        return _Transformed(images, lambda data: torch.from_numpy(cfg(data)).permute(2, 0, 1))
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +149,7 @@ class OpenClipEncoder(Encoder):
     kind = "open_clip"
     caption_style = "bioclip"
 
-    def __init__(self, spec: str, device: str | torch.device = "cpu"):
+    def __init__(self, spec: str, device: str | torch.device = "auto"):
         from planktonzilla.evaluate.foundation import load_open_clip
 
         super().__init__(device)
@@ -160,7 +159,7 @@ class OpenClipEncoder(Encoder):
         self.preprocessing = f"open_clip {self.fm.preprocess!r}"
 
     def dataset(self, store, table: pa.Table):
-        from planktonzilla.train.data import ImageTable
+        from planktonzilla.data.loader import ImageTable
 
         return _Transformed(ImageTable(store, table, image_size=self.image_size), self.fm.transform)
 
@@ -218,7 +217,7 @@ class FeatureCache:
             "\n".join([encoder.identity, store.manifest_hash(), encoder.preprocessing]).encode()
         ).hexdigest()[:32]
         self.key = key
-        self.dir = (Path(root) if root is not None else Path(store.path) / CACHE_DIR) / key
+        self.dir = (Path(root) if root is not None else store.layout.cache("features")) / key
         self.computed = 0  # images encoded by this object (the rest came from the cache)
         self._known: dict[str, np.ndarray] | None = None
 

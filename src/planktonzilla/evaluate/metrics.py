@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from planktonzilla.dataset import RANKS
+from planktonzilla.data.dataset import RANKS
 
 #: The predicted name at a rank that the predicted lineage does not reach.
 NO_NAME = "<none>"

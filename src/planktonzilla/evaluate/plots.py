@@ -166,7 +166,7 @@ def rank_bars(
     """Grouped bars of a per-rank metric ("macro_f1" or "top1"): ranks on x, one bar per
     series. `series` maps a label to a metrics block with a "per_rank" entry (or to the
     per-rank dict itself)."""
-    from planktonzilla.dataset import RANKS
+    from planktonzilla.data.dataset import RANKS
 
     per_rank = {}
     for label, block in series.items():

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from planktonzilla.exceptions import PlanktonzillaError
+
 RUN_FORMAT = "planktonzilla-evaluation"
 COMPARISON_FORMAT = "planktonzilla-comparison"
 FORMAT_VERSION = 1
@@ -47,7 +49,7 @@ _MAIN_COLUMNS = {
 }
 
 
-class IncompatibleResults(ValueError):
+class IncompatibleResults(PlanktonzillaError, ValueError):
     """Runs that cannot be compared (different store, taxonomy, split or rank)."""
 
     def __init__(self, differences: Sequence[str]):
@@ -572,7 +574,7 @@ def _main_table(runs: Sequence[Mapping], labels: Sequence[str]) -> _Section:
 
 
 def _per_rank(series: Sequence[_Series], plots: Path, images: dict) -> _Section | None:
-    from planktonzilla.dataset import RANKS
+    from planktonzilla.data.dataset import RANKS
 
     from . import plots as plot
 
@@ -869,7 +871,7 @@ def write_report(
     Raises IncompatibleResults for incomparable runs unless `force` is true, in which case the
     report opens with a warning banner listing the differences. Returns the paths written:
     "markdown", "html", "results", and one entry per plot keyed "plots/<file>"."""
-    from planktonzilla import __version__
+    from planktonzilla._version import __version__
 
     merged = merge_results(results, force=force)
     runs = merged["runs"]

@@ -10,10 +10,11 @@ Two kinds, registered in `MODEL_KINDS`, built from one JSON-able config dict:
 Both map a normalised image batch to class logits (``model(x)``) and classify uint8 images
 (``model.predict(images)``). A trained model is a directory (`save_model` / `load_model`):
 ``model.safetensors`` + ``config.json`` (+ ``open_clip_model.safetensors`` and
-``open_clip_config.json`` for CLIP models). Loading never unpickles anything.
+``open_clip_config.json`` for CLIP models). The config's ``preprocess`` section is the image
+contract (`planktonzilla.data.preprocess.PreprocessConfig`). Loading never unpickles anything.
 
->>> model = build_model({"kind": "supervised", "backbone": "vit_tiny", "image_size": 64,
-...                      "classes": ["a", "b"]})
+>>> model = build_model({"kind": "supervised", "backbone": "vit_tiny",
+...                      "preprocess": {"size": 64, "fill": 255}, "classes": ["a", "b"]})
 >>> save_model(model, "my-model")
 >>> load_model("my-model").predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
 """
@@ -28,6 +29,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from planktonzilla.data.preprocess import PreprocessConfig
+from planktonzilla.exceptions import ModelError
+from planktonzilla.fileio import atomic_path, atomic_write
 from planktonzilla.models.backbone import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -46,6 +50,7 @@ __all__ = [
     "load_model",
     "register_backbone",
     "register_model_kind",
+    "resolve_device",
     "save_model",
 ]
 
@@ -65,18 +70,18 @@ class PlanktonModel(nn.Module):
         super().__init__()
         self.config = config
         self.classes: list[str] = list(config["classes"])
-        self.image_size = int(config["image_size"])
-        self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), False)
-        self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), False)
+        self.preprocess = PreprocessConfig.of_model(config)
+        self.image_size = self.preprocess.size
+        mean, std = torch.tensor(self.preprocess.mean), torch.tensor(self.preprocess.std)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), False)
 
     @classmethod
     def complete_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Fill defaults in a (user) config; the result is what `save_model` writes."""
         config = dict(config)
         config.setdefault("backbone", DEFAULT_BACKBONE)
-        config.setdefault("image_size", 224)
-        if "mean" not in config or "std" not in config:
-            config["mean"], config["std"] = normalization(config["backbone"])
+        config["preprocess"] = _preprocess_section(config)
         if not config.get("classes"):
             raise ValueError("a model needs a non-empty list of classes")
         config.setdefault("class_lineages", [{"name": c} for c in config["classes"]])
@@ -109,6 +114,30 @@ class PlanktonModel(nn.Module):
         return self.predict_logits(images).argmax(-1)
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` is CUDA when available, else the CPU; asking for CUDA without it is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}, but CUDA is not available here")
+    return device
+
+
+def _preprocess_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The `preprocess` section of a config; older configs and short user configs spell its
+    parts at the top level (`image_size`, `mean`, `std`, `fill`), which are moved into it."""
+    section = dict(config.get("preprocess") or {})
+    if "image_size" in config:
+        section.setdefault("size", config.pop("image_size"))
+    for key in ("mean", "std", "fill"):
+        if key in config:
+            section.setdefault(key, config.pop(key))
+    if "mean" not in section or "std" not in section:
+        section["mean"], section["std"] = normalization(config["backbone"])
+    return PreprocessConfig.from_dict(section).to_dict()
+
+
 MODEL_KINDS: dict[str, type[PlanktonModel]] = {}
 
 
@@ -137,25 +166,20 @@ def build_model(
     return cls(config, pretrained=pretrained)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model: PlanktonModel, directory: str | os.PathLike, **metadata) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (model config plus ``metadata``: data
     provenance, training settings…) into ``directory``; each file by atomic rename."""
     from safetensors.torch import save_file
 
-    from planktonzilla import __version__
+    from planktonzilla._version import __version__
 
     model = getattr(model, "module", model)  # DDP / compiled wrappers
     model = getattr(model, "_orig_mod", model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), {"format": "pt"}))
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(state, str(tmp), {"format": "pt"})
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -163,9 +187,7 @@ def save_model(model: PlanktonModel, directory: str | os.PathLike, **metadata) -
         "code_version": __version__,
         **metadata,
     }
-    _atomic_write(
-        directory / CONFIG, lambda p: p.write_text(json.dumps(config, indent=1, default=str))
-    )
+    atomic_write(directory / CONFIG, json.dumps(config, indent=1, default=str))
     export = getattr(model, "export_open_clip", None)
     if export is not None:
         export(directory)
@@ -173,7 +195,7 @@ def save_model(model: PlanktonModel, directory: str | os.PathLike, **metadata) -
 
 
 def load_model(
-    directory: str | os.PathLike, *, device: str | torch.device = "cpu"
+    directory: str | os.PathLike, *, device: str | torch.device = "auto"
 ) -> PlanktonModel:
     """Rebuild a model from its directory (config.json + model.safetensors), in eval mode.
     Nothing is unpickled: the architecture comes from the JSON config, the tensors from
@@ -183,10 +205,14 @@ def load_model(
     directory = Path(directory)
     config_path = directory / CONFIG
     if not config_path.is_file():
-        raise FileNotFoundError(f"not a model directory (no {CONFIG}): {directory}")
-    config = json.loads(config_path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: not a planktonzilla model config")
+        raise ModelError(f"not a model directory (no {CONFIG}): {directory}")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelError(f"{config_path}: not a planktonzilla model config")
+    config["preprocess"] = _preprocess_section(config)  # configs written before the section
     model = _kind(config["kind"])(config, pretrained=None)
     model.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()

@@ -6,14 +6,11 @@ classes, so the model classifies like the supervised one (and zero-shot on new c
 `ClipModel.text_logits`).
 
 The directory also holds an open_clip checkpoint (``open_clip_config.json`` +
-``open_clip_model.safetensors``):
+``open_clip_model.safetensors``) that plain open_clip loads at the trained size, with a
+transform equal to ours (the model's `PreprocessConfig`, open_clip's ``resize_mode="longest"``):
 
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        "local-dir:DIR", force_image_size=config["image_size"])
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:DIR")
     tokenizer = open_clip.get_tokenizer("local-dir:DIR")
-
-open_clip builds timm trunks at their default size and resizes after loading; the exported
-position embeddings are chosen so that this resize gives back exactly the trained ones.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from planktonzilla.fileio import atomic_path, atomic_write
 from planktonzilla.models import PlanktonModel, register_model_kind
 from planktonzilla.models.backbone import load_trunk_weights, resolve_backbone
 
@@ -61,7 +59,7 @@ def open_clip_model_cfg(config: dict[str, Any]) -> dict[str, Any]:
         "timm_model_pretrained": False,
         "timm_pool": config["timm_pool"],
         "timm_proj": "linear",
-        "image_size": config["image_size"],
+        "image_size": config["preprocess"]["size"],
     }
     if "drop_path_rate" in kwargs:
         vision["timm_drop_path"] = kwargs["drop_path_rate"]
@@ -151,59 +149,104 @@ class ClipModel(PlanktonModel):
         self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(max_scale)).item())
 
     def export_open_clip(self, directory: str | os.PathLike) -> None:
-        """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` (hub layout)."""
+        """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` (hub layout), which
+        plain ``open_clip.create_model_and_transforms("local-dir:DIR")`` loads at the trained
+        image size, with a transform equal to ours (`PreprocessConfig.open_clip_cfg`)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.clip.state_dict().items()}
-        trunk = self.clip.visual.trunk
-        key = "visual.trunk.pos_embed"
-        if key in state and hasattr(trunk, "patch_embed"):
-            import timm
-
-            default = timm.create_model(
-                self.clip.visual.trunk.default_cfg["architecture"], pretrained=False
-            ).patch_embed.grid_size
-            prefix = 0 if getattr(trunk, "no_embed_class", False) else trunk.num_prefix_tokens
-            state[key] = pos_embed_preimage(
-                state[key], tuple(trunk.patch_embed.grid_size), tuple(default), prefix
-            ).contiguous()
-        tmp = directory / (OPEN_CLIP_WEIGHTS + ".tmp")
-        save_file(state, str(tmp), {"format": "pt"})
-        os.replace(tmp, directory / OPEN_CLIP_WEIGHTS)
-        cfg = {
-            "model_cfg": open_clip_model_cfg(self.config),
-            "preprocess_cfg": {
-                "mean": self.config["mean"],
-                "std": self.config["std"],
-                "size": self.image_size,
-                "interpolation": "bicubic",
-                "resize_mode": "squash",
-            },
-        }
-        tmp = directory / (OPEN_CLIP_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=1))
-        os.replace(tmp, directory / OPEN_CLIP_CONFIG)
+        model_cfg, state = open_clip_export(self)
+        with atomic_path(directory / OPEN_CLIP_WEIGHTS) as tmp:
+            save_file(state, str(tmp), {"format": "pt"})
+        cfg = {"model_cfg": model_cfg, "preprocess_cfg": self.preprocess.open_clip_cfg()}
+        atomic_write(directory / OPEN_CLIP_CONFIG, json.dumps(cfg, indent=1))
 
 
-def pos_embed_preimage(
-    pos_embed: torch.Tensor, grid: tuple[int, int], default: tuple[int, int], prefix: int
-) -> torch.Tensor:
-    """Position embeddings on the ``default`` grid that timm's resample (bicubic, antialias)
-    maps back onto ``pos_embed`` (on ``grid``): a smooth upsample corrected by the
-    least-squares solution in the resample's null space."""
-    if tuple(grid) == tuple(default):
-        return pos_embed
-    from timm.layers import resample_abs_pos_embed
+def _native_vision_cfg(trunk, image_size: int) -> dict[str, Any] | None:
+    """open_clip's own ViT config equivalent to a timm ViT trunk, or None when the trunk has
+    a part open_clip's ViT lacks (register tokens, layer scale, q/k norms, no class token…)."""
+    from timm.models.vision_transformer import VisionTransformer
 
-    def resample(x, new, old):
-        return resample_abs_pos_embed(x, list(new), list(old), num_prefix_tokens=0)
+    if not isinstance(trunk, VisionTransformer) or trunk.global_pool not in ("token", "avg"):
+        return None
+    block = trunk.blocks[0]
+    plain = (
+        trunk.cls_token is not None
+        and trunk.num_prefix_tokens == 1
+        and not trunk.no_embed_class
+        and not trunk.dynamic_img_size
+        and isinstance(trunk.norm_pre, torch.nn.Identity)
+        and all(isinstance(b.ls1, torch.nn.Identity) for b in trunk.blocks)
+        and isinstance(block.attn.q_norm, torch.nn.Identity)
+        and isinstance(block.mlp.act, torch.nn.GELU)
+        and block.mlp.act.approximate == "none"
+        and block.attn.qkv.bias is not None
+    )
+    if not plain:
+        return None
+    width = trunk.embed_dim
+    return {
+        "image_size": image_size,
+        "patch_size": trunk.patch_embed.patch_size[0],
+        "width": width,
+        "layers": len(trunk.blocks),
+        "head_width": width // block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / width,
+        "no_ln_pre": True,
+        "pool_type": "tok" if trunk.global_pool == "token" else "avg",
+        # timm's avg pool normalises after pooling (fc_norm), its token pool before
+        "final_ln_after_pool": trunk.global_pool == "avg",
+        "norm_kwargs": {"eps": block.norm1.eps},
+    }
 
-    tokens, patches = pos_embed[:, :prefix], pos_embed[:, prefix:].double()
-    n_old = default[0] * default[1]
-    basis = torch.eye(n_old, dtype=torch.float64).unsqueeze(0)  # impulses as channels
-    down = resample(basis, grid, default)[0].double()  # [n_new, n_old]
-    up = resample(patches.float(), default, grid).double()  # [1, n_old, D]
-    residual = patches[0] - down @ up[0]
-    fixed = up[0] + torch.linalg.pinv(down) @ residual
-    return torch.cat([tokens, fixed.unsqueeze(0).to(pos_embed.dtype)], dim=1)
+
+def open_clip_export(model: ClipModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(open_clip ``model_cfg``, state dict) of a planktonzilla CLIP model for open_clip.
+
+    A plain timm ViT trunk is rewritten as open_clip's own ViT (which open_clip builds at the
+    configured image size; its timm adapter always builds the timm default size): same
+    weights, the patch-embedding bias folded into the position embeddings of the patches.
+    Other trunks (convnets take any size) keep the timm adapter's config."""
+    from open_clip.model import CLIP
+
+    config = model.config
+    trunk = model.clip.visual.trunk
+    source = {k: v.detach().cpu() for k, v in model.clip.state_dict().items()}
+    model_cfg = open_clip_model_cfg(config)
+    vision = _native_vision_cfg(trunk, model.image_size)
+    if vision is None:
+        return model_cfg, {k: v.contiguous() for k, v in source.items()}
+    model_cfg["vision_cfg"] = vision
+    target = CLIP(**model_cfg)
+    state = {k: v for k, v in source.items() if not k.startswith("visual.")}
+    t = {k[len("visual.trunk.") :]: v for k, v in source.items() if k.startswith("visual.trunk.")}
+    pos = t["pos_embed"][0].clone()
+    if "patch_embed.proj.bias" in t:
+        pos[1:] += t["patch_embed.proj.bias"]
+    state |= {
+        "visual.conv1.weight": t["patch_embed.proj.weight"],
+        "visual.class_embedding": t["cls_token"][0, 0],
+        "visual.positional_embedding": pos,
+        "visual.ln_post.weight": t["norm.weight" if "norm.weight" in t else "fc_norm.weight"],
+        "visual.ln_post.bias": t["norm.bias" if "norm.bias" in t else "fc_norm.bias"],
+        "visual.proj": source["visual.head.proj.weight"].T,
+    }
+    names = {
+        "norm1": "ln_1",
+        "attn.qkv.weight": "attn.in_proj_weight",
+        "attn.qkv.bias": "attn.in_proj_bias",
+        "attn.proj": "attn.out_proj",
+        "norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
+    for key, value in t.items():
+        if not key.startswith("blocks."):
+            continue
+        _, index, rest = key.split(".", 2)
+        for ours, theirs in names.items():
+            if rest.startswith(ours):
+                state[f"visual.transformer.resblocks.{index}.{theirs}{rest[len(ours) :]}"] = value
+                break
+    target.load_state_dict(state, strict=True)  # every tensor accounted for, shapes checked
+    return model_cfg, {k: v.contiguous() for k, v in target.state_dict().items()}

@@ -1,18 +1,25 @@
-"""Prediction on new images with a trained model: lineage-aware, abstaining, with an
-out-of-distribution flag (`Classifier`), and batch prediction into CSV / Parquet / EcoTaxa
-files (`pz predict`).
+"""`pz predict`: batch prediction over any mix of inputs (folders, images, IFCB bins, FlowCam
+runs, EcoTaxa exports, stores) into CSV / Parquet / EcoTaxa files, streaming and resumable.
+The classifier itself lives in `planktonzilla.inference` (re-exported here).
 
->>> from planktonzilla.predict import Classifier
->>> clf = Classifier.load("pz-demo/models/supervised")                 # doctest: +SKIP
->>> [p.confident_name for p in clf.predict(["a.png"])]                 # doctest: +SKIP
+>>> from planktonzilla.predict import predict_to_file
+>>> predict_to_file("models/sup", ["day/"], "pred.csv")                # doctest: +SKIP
 """
 
-from planktonzilla.predict.classifier import (
+from planktonzilla.inference import (
     CALIBRATION,
     Classifier,
     Prediction,
     calibrate,
     rank_thresholds,
 )
+from planktonzilla.predict.batch import predict_to_file
 
-__all__ = ["CALIBRATION", "Classifier", "Prediction", "calibrate", "rank_thresholds"]
+__all__ = [
+    "CALIBRATION",
+    "Classifier",
+    "Prediction",
+    "calibrate",
+    "predict_to_file",
+    "rank_thresholds",
+]

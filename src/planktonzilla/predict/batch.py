@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planktonzilla.predict.inputs import read_inputs
-from planktonzilla.predict.writers import (
+from planktonzilla.inference.writers import (
     open_writer,
     output_format,
     prediction_rows,
     rejection_row,
 )
+from planktonzilla.readers.detect import read_inputs
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["PredictReport", "predict_to_file"]
@@ -102,7 +102,7 @@ def predict_to_file(
     where: str | None = None,
 ) -> PredictReport:
     """Classify every image of `inputs` (paths `read_inputs` understands, or records) into
-    `out` (format `fmt`, else from the suffix; see `planktonzilla.predict.writers`).
+    `out` (format `fmt`, else from the suffix; see `planktonzilla.inference.writers`).
 
     Streams: batches of records go through `classifier.predict_iter` to the writer as they
     come. With `resume` (default), the inputs already in `out` are skipped and the rest
@@ -198,6 +198,7 @@ def _progress(enabled: bool, name: str):
     if not enabled:
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import (
         MofNCompleteColumn,
         Progress,
@@ -206,15 +207,13 @@ def _progress(enabled: bool, name: str):
         TimeElapsedColumn,
     )
 
-    from planktonzilla.cli._common import console
-
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]predicting → {task.description}"),
         MofNCompleteColumn(),
         TextColumn("images"),
         TimeElapsedColumn(),
-        console=console,
+        console=Console(stderr=True),  # stdout may be the data
         transient=True,
     ) as bar:
         task = bar.add_task(name, total=None)

@@ -57,10 +57,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import member_problem
+from planktonzilla.readers.ecotaxa_tsv import TEXT_COLUMNS
 from planktonzilla.readers.folder import walk_files
 from planktonzilla.records import FileBytes, Record, Rejection
 
-__all__ = ["ZipMember", "read_ecopart", "read_ecotaxa", "write_ecotaxa_tsv"]
+__all__ = ["ZipMember", "read_ecopart", "read_ecotaxa"]
 
 MissingImages = Literal["reject", "metadata"]
 
@@ -99,32 +102,7 @@ _CORE = frozenset(
         "object_annotation_status",
     }
 )
-# Columns that are text whatever their values look like (ids, dates, times, names).
-_TEXT_ALWAYS = frozenset(
-    {
-        "object_id",
-        "img_file_name",
-        "img_rank",
-        "object_date",
-        "object_time",
-        "object_link",
-        "object_annotation_category",
-        "object_annotation_category_id",
-        "object_annotation_hierarchy",
-        "object_annotation_status",
-        "object_annotation_person_name",
-        "object_annotation_person_email",
-        "object_annotation_date",
-        "object_annotation_time",
-        "sample_id",
-        "acq_id",
-        "process_id",
-        "orig_id",
-        "name",
-        "taxo_hierarchy",
-        "classif_qual",
-    }
-)
+_TEXT_ALWAYS = TEXT_COLUMNS
 # --------------------------------------------------------------------------- image access
 
 
@@ -147,13 +125,6 @@ def _open_zip(path: str, chain: tuple[str, ...]) -> zipfile.ZipFile:
     for name in chain:
         zf = zipfile.ZipFile(io.BytesIO(zf.read(name)))
     return zf
-
-
-def _unsafe(name: str) -> bool:
-    """True for absolute paths, drive letters, backslashes or `..` components."""
-    if not name or name.startswith(("/", "\\")) or "\\" in name or re.match(r"[A-Za-z]:", name):
-        return True
-    return ".." in name.split("/")
 
 
 class _Container:
@@ -233,7 +204,7 @@ class _Zip(_Container):
             parts = name.split("/")
             if "__MACOSX" in parts or parts[-1].startswith("._"):
                 continue
-            if _unsafe(name):
+            if member_problem(name):
                 yield Rejection(
                     f"{self.label}!{name}",
                     "unsafe_path",
@@ -329,7 +300,7 @@ def _timestamp(date: str, time: str) -> tuple[datetime | None, bool]:
 # --------------------------------------------------------------------------- tables
 
 
-class _TableError(Exception):
+class _TableError(ReaderError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
@@ -801,7 +772,7 @@ def _ecotaxa_rows(
         image: Callable[[], bytes] | None = None
         if img:
             rel = posixpath.normpath(posixpath.join(rel_dir, img)) if rel_dir else img
-            if _unsafe(img) or _unsafe(rel):
+            if member_problem(img) or member_problem(rel):
                 yield Rejection(
                     row_origin,
                     "unsafe_path",
@@ -1131,50 +1102,3 @@ def _find_summary(container: _Container, rel_dir: str) -> dict[str, _Profile] | 
 
 
 # --------------------------------------------------------------------------- writer
-
-
-def write_ecotaxa_tsv(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write `rows` (dicts of EcoTaxa column -> value) as an EcoTaxa-importable TSV with the
-    `[t]`/`[f]` type row; returns the number of rows written. Columns are the union of the
-    rows' keys in first-seen order (`img_file_name` and `object_id` first when present); a
-    column is `[f]` when every non-empty value is an int or float, else `[t]`. Dates and
-    datetimes are written as EcoTaxa's YYYYMMDD / HHMMSS."""
-    rows = list(rows)
-    columns: list[str] = []
-    seen: set[str] = set()
-    for row in rows:
-        for key in row:
-            if key not in seen:
-                seen.add(key)
-                columns.append(key)
-    for first in ("object_id", "img_file_name"):
-        if first in seen:
-            columns.remove(first)
-            columns.insert(0, first)
-    numeric = {
-        c: all(
-            isinstance(r.get(c), int | float) and not isinstance(r.get(c), bool)
-            for r in rows
-            if r.get(c) is not None and r.get(c) != ""
-        )
-        and any(r.get(c) not in (None, "") for r in rows)
-        and c not in _TEXT_ALWAYS
-        for c in columns
-    }
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return "" if not math.isfinite(value) else repr(value)
-        if isinstance(value, datetime):
-            return value.strftime("%Y%m%d")
-        return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
-
-    path = Path(path)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("\t".join(columns) + "\n")
-        fh.write("\t".join("[f]" if numeric[c] else "[t]" for c in columns) + "\n")
-        for row in rows:
-            fh.write("\t".join(cell(row.get(c)) for c in columns) + "\n")
-    return len(rows)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from planktonzilla.exceptions import ReaderError
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["FlowCamList", "read_cla", "read_flowcam", "read_lst"]
@@ -68,7 +69,7 @@ _EXTRA_FIELDS = {
 _INT_EXTRA = frozenset({"capture_x", "capture_y", "src_image", "image_x", "image_y"})
 
 
-class FlowCamFormatError(ValueError):
+class FlowCamFormatError(ReaderError):
     """A list or class file that is not in the VisualSpreadsheet format."""
 
 

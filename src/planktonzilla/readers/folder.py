@@ -8,20 +8,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from planktonzilla.constants import SPLIT_NAMES
 from planktonzilla.records import FileBytes, Record, Rejection
 
 #: Files operating systems leave behind; never inputs.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"})
 JUNK_DIRS = frozenset({"__MACOSX", ".git", ".ipynb_checkpoints"})
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 _FILE_COLUMNS = ("file", "filename", "file_name", "path", "img_path", "image", "img_file_name")
 _LABEL_COLUMNS = ("label", "class", "category", "taxon", "raw_label")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from planktonzilla.exceptions import ReaderError
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["BinName", "parse_bin_name", "parse_pid", "read_ifcb", "read_ifcb_labels"]
@@ -215,7 +216,7 @@ def _layout(name: BinName, header: dict[str, str], ncols: int) -> tuple[dict[str
     return (OLD_LAYOUT, "old") if name.schema == "old" else (NEW_LAYOUT, "new")
 
 
-class _BadBin(Exception):
+class _BadBin(ReaderError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason

@@ -103,12 +103,12 @@ def create_app(
     store: str | Path | None = None,
     limits: Limits = Limits(),  # frozen: safe as a default
     *,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> FastAPI:
     """The web app for the model in `model_dir` (or an already loaded
-    `planktonzilla.predict.Classifier`), browsing `store` when given."""
-    from planktonzilla import __version__
-    from planktonzilla.predict import Classifier
+    `planktonzilla.inference.Classifier`), browsing `store` when given."""
+    from planktonzilla._version import __version__
+    from planktonzilla.inference import Classifier
 
     classifier = (
         model_dir
@@ -241,7 +241,7 @@ def create_app(
     ) -> Response:
         """Download the rows of an earlier `/api/predict` answer as CSV (every file, errors
         included) or as an EcoTaxa import TSV (the predicted images)."""
-        from planktonzilla.predict.writers import csv_bytes, ecotaxa_tsv_bytes
+        from planktonzilla.inference.writers import csv_bytes, ecotaxa_tsv_bytes
 
         rows = predictor.results.get(result_id)
         if rows is None:
@@ -319,8 +319,8 @@ class _Predictor:
         self._lock = threading.Lock()  # one batch at a time: torch already uses every core
 
     def predict(self, files: list[tuple[str, Any]], top_k: int, thumbnails: bool) -> dict:
-        from planktonzilla.predict import Prediction
-        from planktonzilla.predict.writers import prediction_rows
+        from planktonzilla.inference import Prediction
+        from planktonzilla.inference.writers import prediction_rows
         from planktonzilla.records import Record
 
         start = time.perf_counter()

@@ -141,18 +141,13 @@ class StoreBrowser:
         cached = self._files
         if cached is not None and cached[0] == key:
             return cached[1]
-        manifest = self.store.manifest()
-        files = [
-            str(self.store.path / shard["path"])
-            for entry in manifest["sources"].values()
-            for shard in entry["shards"]
-        ]
+        files = self.store.shard_files()
         self._files = (key, files)
         return files
 
     def latest_report(self) -> Path | None:
         """The newest `evaluations/*/report.html` (by modification time), if any."""
-        found = (self.store.path / "evaluations").glob("*/report.html")
+        found = self.store.layout.evaluations.glob("*/report.html")
         reports = [p for p in found if p.is_file()]
         return max(reports, key=lambda p: p.stat().st_mtime, default=None)
 

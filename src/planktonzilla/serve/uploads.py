@@ -13,13 +13,13 @@ the whole archive, since such a file is malformed or hostile rather than a slip.
 from __future__ import annotations
 
 import io
-import re
-import stat
 import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from planktonzilla.exceptions import PlanktonzillaError
+from planktonzilla.fileio import zip_member_problem
 from planktonzilla.images import ImageRejected, probe
 from planktonzilla.readers.folder import JUNK_DIRS, is_junk
 
@@ -49,7 +49,6 @@ STATUS = {
     "corrupt_archive": 422,
 }
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class Limits:
     max_zip_depth: int = 2  # an archive inside an archive, no deeper
 
 
-class UploadError(Exception):
+class UploadError(PlanktonzillaError):
     """A refused file or request: `code` is machine-readable, `status` its HTTP status."""
 
     def __init__(self, code: str, message: str, file: str | None = None, status: int = 0):
@@ -182,10 +181,9 @@ def _expand_zip(
                 name,
             )
         for info in infos:
-            problem = _unsafe(info)
+            problem = zip_member_problem(info)
             if problem:
-                code, why = problem
-                raise UploadError(code, f"member {info.filename!r}: {why}", name)
+                raise UploadError(*problem, name)
         declared = sum(info.file_size for info in infos)
         if declared > budget.zip_bytes:
             raise UploadError(
@@ -223,19 +221,3 @@ def _expand_zip(
                 errors.append(UploadError("unsupported_format", str(exc), member))
                 continue
             _add(member, content, depth, budget, images, errors)
-
-
-def _unsafe(info: zipfile.ZipInfo) -> tuple[str, str] | None:
-    """(code, reason) when a member's path or type is one no honest archive needs."""
-    path = info.filename
-    if path.startswith(("/", "\\")) or _DRIVE.match(path):
-        return "unsafe_path", "absolute paths are refused"
-    if ".." in re.split(r"[/\\]", path):
-        return "unsafe_path", "paths that climb out of the archive ('..') are refused"
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "unsafe_member", "links are refused"
-    kind = stat.S_IFMT(mode)  # 0 when the archiver recorded no Unix file type
-    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-        return "unsafe_member", "only regular files and folders are accepted"
-    return None

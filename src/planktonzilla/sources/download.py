@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from planktonzilla.exceptions import DownloadError
+
 if TYPE_CHECKING:
     import httpx
 
@@ -32,10 +34,6 @@ HEAD_REFUSED = frozenset({403, 405, 501})
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class DownloadError(Exception):
-    """A download that cannot complete; the message says what to do about it."""
-
-
 class LoginWallError(DownloadError):
     """The host answered `200` with an HTML page where an archive was expected."""
 
@@ -45,7 +43,7 @@ class VerificationError(DownloadError):
 
 
 def user_agent() -> str:
-    from planktonzilla import __version__
+    from planktonzilla._version import __version__
 
     return f"planktonzilla/{__version__} (+{PROJECT_URL})"
 

@@ -1,9 +1,9 @@
 """Safe extraction of zip, tar, tar.gz/bz2/xz archives, and of archives nested in them.
 
-Every member is checked before a byte is written: no absolute paths or drive letters, no `..`
-components, no device files, links only when their target stays inside the tree (they are
-materialised as copies, so the extracted tree holds no links), and limits on the number of
-members and on the bytes actually written (a lying header cannot get past the byte limit).
+Every member is checked before a byte is written, by the one archive-member rule
+(`planktonzilla.fileio.member_problem`: no absolute paths, no `..`, no links, no devices; odd
+permission bits are fine), and against limits on the number of members and on the bytes
+actually written (a lying header cannot get past the byte limit).
 Extraction happens in a temporary sibling folder renamed into place only when complete, so a
 truncated or hostile archive never leaves a half-extracted tree that looks usable.
 """
@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from planktonzilla.exceptions import ExtractError, UnsafeArchiveError
+from planktonzilla.fileio import safe_member_path, tar_member_problem, zip_member_problem
 
 DEFAULT_MAX_BYTES = 4 << 40  # 4 TiB
 DEFAULT_MAX_MEMBERS = 50_000_000
 MAX_NESTING = 4
 _COPY = 1 << 20
-
-
-class ExtractError(Exception):
-    """An archive that cannot be extracted as it is (corrupt, truncated, over a limit)."""
-
-
-class UnsafeArchiveError(ExtractError):
-    """An archive member that would land outside the target folder, or a link or device."""
 
 
 @dataclass
@@ -70,37 +64,6 @@ def archive_kind(path: Path) -> str | None:
     if name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         return "broken"  # named like an archive, but neither reader accepts it
     return None
-
-
-def safe_member_path(name: str) -> PurePosixPath:
-    """The relative path a member may be written to, or `UnsafeArchiveError`."""
-    raw = name.replace("\\", "/")
-    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
-        raise UnsafeArchiveError(f"member {name!r} has an absolute path")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise UnsafeArchiveError(f"member {name!r} escapes the target folder ('..')")
-    if any("\x00" in p for p in parts):
-        raise UnsafeArchiveError(f"member {name!r} has a NUL byte in its name")
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def _link_target(member: PurePosixPath, target: str, hard: bool) -> PurePosixPath:
-    """Resolve a link's target inside the archive tree, or `UnsafeArchiveError`."""
-    t = target.replace("\\", "/")
-    if t.startswith("/") or (len(t) > 1 and t[1] == ":"):
-        raise UnsafeArchiveError(f"link {str(member)!r} points outside ({target!r})")
-    parts: list[str] = [] if hard else list(member.parent.parts)
-    for p in t.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not parts:
-                raise UnsafeArchiveError(f"link {str(member)!r} points outside ({target!r})")
-            parts.pop()
-        else:
-            parts.append(p)
-    return PurePosixPath(*parts)
 
 
 def extract(
@@ -194,54 +157,33 @@ def _write(src, out: Path, expected: int | None, budget: _Budget, name: str) -> 
         raise ExtractError(f"member {name!r}: {n:,} of {expected:,} bytes (truncated archive)")
 
 
+def _checked(problem: tuple[str, str] | None) -> None:
+    if problem:
+        raise UnsafeArchiveError(problem[1])
+
+
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
-    links: list[tuple[PurePosixPath, PurePosixPath]] = []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:  # check everything first: a hostile member stops it all
-            safe_member_path(info.filename)
+            _checked(zip_member_problem(info))
         for info in infos:
             budget.member(info.filename)
             rel = safe_member_path(info.filename)
-            mode = info.external_attr >> 16
             if info.is_dir() or str(rel) == ".":
                 (dest / rel).mkdir(parents=True, exist_ok=True)
-            elif stat.S_ISLNK(mode):
-                target = zf.read(info).decode("utf-8", "replace")
-                links.append((rel, _link_target(rel, target, hard=False)))
-            elif mode and not stat.S_ISREG(mode) and stat.S_IFMT(mode):
-                raise UnsafeArchiveError(f"member {info.filename!r} is not a regular file")
             else:
                 with zf.open(info) as src:
                     _write(src, dest / rel, info.file_size, budget, info.filename)
-    _materialise_links(dest, links, budget)
 
 
 def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
-    links: list[tuple[PurePosixPath, PurePosixPath]] = []
     with tarfile.open(archive, "r:*") as tf:
         for m in tf:  # streaming: members are checked as they come, before they are written
             budget.member(m.name)
+            _checked(tar_member_problem(m))
             rel = safe_member_path(m.name)
             if m.isdir():
                 (dest / rel).mkdir(parents=True, exist_ok=True)
-            elif m.issym() or m.islnk():
-                links.append((rel, _link_target(rel, m.linkname, hard=m.islnk())))
-            elif m.isfile():
-                src = tf.extractfile(m)
-                _write(src, dest / rel, m.size, budget, m.name)
             else:
-                raise UnsafeArchiveError(f"member {m.name!r} is a device or fifo; refusing")
-    _materialise_links(dest, links, budget)
-
-
-def _materialise_links(dest: Path, links, budget: _Budget) -> None:
-    """Replace in-tree links by copies of their targets (the tree never holds a link)."""
-    for rel, target in links:
-        src = dest / target
-        if not src.is_file() or src.is_symlink():
-            continue  # dangling or to a folder: nothing to copy
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        budget.add(src.stat().st_size, str(rel))
-        shutil.copyfile(src, out)
+                _write(tf.extractfile(m), dest / rel, m.size, budget, m.name)

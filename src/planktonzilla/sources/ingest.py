@@ -25,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from planktonzilla.constants import cache_dir
+from planktonzilla.exceptions import SourceError
 from planktonzilla.sources.registry import Collection, get
 
 if TYPE_CHECKING:
@@ -48,17 +50,7 @@ SPLIT_VALUES = {
 _SPLIT_NAMES = frozenset(SPLIT_VALUES)
 
 
-class SourceError(Exception):
-    """A collection that cannot be prepared (no usable download, layout not found…)."""
-
-
 # --- where things go ----------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Downloads and extracted trees: `$PZ_CACHE`, else `~/.cache/planktonzilla`."""
-    env = os.environ.get("PZ_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "planktonzilla"
 
 
 def _file_name(url: str) -> str:

@@ -11,8 +11,8 @@ _EXPORTS = {
     "LOSSES": "planktonzilla.train.losses",
     "make_loss": "planktonzilla.train.losses",
     "contrastive_loss": "planktonzilla.train.losses",
-    "make_loader": "planktonzilla.train.data",
-    "normalize": "planktonzilla.train.data",
+    "make_loader": "planktonzilla.data.loader",
+    "normalize": "planktonzilla.data.loader",
 }
 __all__ = sorted(_EXPORTS)
 

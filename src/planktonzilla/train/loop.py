@@ -34,7 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from planktonzilla.models import DEFAULT_BACKBONE, PlanktonModel, build_model, save_model
+from planktonzilla.fileio import atomic_path
+from planktonzilla.models import (
+    DEFAULT_BACKBONE,
+    PlanktonModel,
+    build_model,
+    resolve_device,
+    save_model,
+)
 from planktonzilla.train.losses import contrastive_loss, make_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -56,6 +63,7 @@ class TrainConfig:
     living_only: bool = False
     min_per_class: int = 1
     image_size: int = 64
+    fill: str | int = "auto"  # padding: auto (one level from the training images) | border | 0-255
     balanced: bool = False  # class-balanced sampling
     workers: int = 0
     # model
@@ -124,10 +132,7 @@ class Distributed:
     def from_env(cls, device: str = "auto") -> Distributed:
         import torch.distributed as dist
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda, but CUDA is not available")
+        device = resolve_device(device).type
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         dev = torch.device(f"cuda:{local}" if device.startswith("cuda") else "cpu")
@@ -388,11 +393,8 @@ def save_checkpoint(path: Path, trainer: Trainer, *, step: int, epoch: int, batc
         "rng": rng,
         "config": json.dumps(asdict(trainer.cfg), default=str),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, trainer: Trainer) -> dict:
@@ -454,11 +456,11 @@ def _progress(enabled: bool, total: int, done: int):
     return bar
 
 
-def model_config(cfg: TrainConfig, view) -> dict[str, Any]:
+def model_config(cfg: TrainConfig, view, fill: str | int = "border") -> dict[str, Any]:
     config: dict[str, Any] = {
         "kind": cfg.kind,
         "backbone": cfg.backbone,
-        "image_size": cfg.image_size,
+        "preprocess": {"size": cfg.image_size, "fill": fill},
         "classes": list(view.classes),
         "class_lineages": list(view.class_lineages),
     }
@@ -469,13 +471,36 @@ def model_config(cfg: TrainConfig, view) -> dict[str, Any]:
     return config
 
 
+#: Training images the "auto" fill is estimated from.
+FILL_SAMPLE = 256
+
+
+def resolve_fill(fill: str | int, store, train_table) -> str | int:
+    """The contract's fill: "auto" becomes one level, the median border level of up to
+    `FILL_SAMPLE` training images (the same on every rank: chosen by object id)."""
+    if fill != "auto":
+        return int(fill) if str(fill).isdigit() else fill
+    from planktonzilla.data.preprocess import estimate_fill
+
+    ids = sorted(train_table["object_id"].to_pylist())[:FILL_SAMPLE]
+    con = store.connect()
+    try:
+        rows = con.execute(
+            "SELECT image FROM objects_raw WHERE object_id IN (SELECT unnest(?::VARCHAR[]))",
+            [ids],
+        ).fetchall()
+    finally:
+        con.close()
+    return estimate_fill(r[0] for r in rows if r[0] is not None)
+
+
 def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     """Train a model as `cfg` says; returns a summary (steps, final metrics, output
     directory). Under torchrun, every process calls this."""
-    from planktonzilla.dataset import dataset_view
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.loader import make_loader
     from planktonzilla.store import ObjectStore
     from planktonzilla.taxonomy import mapping_version
-    from planktonzilla.train.data import make_loader
 
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
@@ -501,9 +526,10 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
         counts = np.bincount(labels, minlength=view.num_classes).astype(np.float64)
 
         torch.manual_seed(cfg.seed)
-        model = build_model(model_config(cfg, view), pretrained=cfg.pretrained)
+        fill = resolve_fill(cfg.fill, store, train_table)
+        model = build_model(model_config(cfg, view, fill), pretrained=cfg.pretrained)
         loader_args = {
-            "image_size": cfg.image_size,
+            "preprocess": model.preprocess,
             "seed": cfg.seed,
             "rank": dist.rank,
             "world_size": dist.world_size,
@@ -643,20 +669,10 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
                 store_manifest_hash=view.manifest_hash,
                 split={"name": cfg.split, "info": view.split_info},
                 filters=view.filters,
-                preprocessing={
-                    "input": "uint8 RGB, [3, S, S]",
-                    "resize": "pad to square with the border's median colour, then resize "
-                    "(bilinear) to image_size; normalise (x/255 - mean) / std",
-                    "loader": "planktonzilla.train.data.preprocess",
-                },
                 class_counts_train=counts.astype(int).tolist(),
                 training={**asdict(cfg), "world_size": dist.world_size, "steps": step},
                 metrics=metrics,
             )
-            if val_loader is not None:  # abstention / OOD thresholds for pz predict
-                from planktonzilla.predict import calibrate
-
-                calibrate(out, store, cfg.split, device=str(dist.device))
         dist.barrier()
         return summary
     finally:

@@ -1,5 +1,8 @@
-"""What `pz predict` reads: any mix of image files and folders, IFCB bins, FlowCam runs,
-EcoTaxa exports, plain zips of images and our object store, told apart by content and layout.
+"""The reader registry: any mix of image files and folders, IFCB bins, FlowCam runs, EcoTaxa
+exports, plain zips of images and our object store, told apart by content and layout by one
+`detect()`, and read by the reader registered for that kind (`READERS`). Used by `pz ingest
+PATH…` (image folders read with their class folders, split layout and label CSVs) and by
+`pz predict`.
 
 Every input comes out as one `Record` (an image to classify, with the metadata it carried) or
 one `Rejection` (why it cannot be classified), so that every input is accounted for. A path
@@ -21,15 +24,17 @@ import json
 import os
 import posixpath
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from planktonzilla.fileio import zip_member_problem
 from planktonzilla.images import IMAGE_MAGIC, IMAGE_SUFFIXES
 from planktonzilla.readers.ecotaxa import is_table_name
 from planktonzilla.readers.folder import JUNK_DIRS, is_junk, walk_relative
 from planktonzilla.records import FileBytes, Record, Rejection
+from planktonzilla.store.layout import MANIFEST, is_store
 
-__all__ = ["KINDS", "detect", "read_inputs"]
+__all__ = ["INGEST_READERS", "KINDS", "READERS", "detect", "read_inputs"]
 
 #: The kinds of input `detect` recognises.
 KINDS = ("image", "images", "ifcb", "flowcam", "ecotaxa", "store", "zip")
@@ -44,16 +49,21 @@ _STORE_BATCH = 256
 
 
 def read_inputs(
-    paths: str | os.PathLike | Iterable[str | os.PathLike], *, where: str | None = None
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    where: str | None = None,
+    ingest: bool = False,
 ) -> Iterator[Record | Rejection]:
     """Yield one `Record` or `Rejection` per input found under `paths` (see the module doc).
-    `where`: a SQL condition on the store's `objects` view, for store inputs."""
+    `where`: a SQL condition on the store's `objects` view, for store inputs. `ingest`: read
+    for a store rather than for prediction (`INGEST_READERS`: image folders with their class
+    folders, split layout and label CSVs; metadata-only EcoTaxa rows kept)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     unique = list(dict.fromkeys(Path(p) for p in paths))  # the same path twice is one input
     several = len(unique) > 1
     for path in unique:
-        for item in _read(path, where):
+        for item in _read(path, where, INGEST_READERS if ingest else READERS):
             if several:
                 item.origin = f"{path}{_SEPARATOR}{item.origin}"
             yield item
@@ -77,7 +87,7 @@ def detect(path: str | os.PathLike) -> str | None:
         return "image"
     if is_table_name(path.name) or _looks_like_table(head):
         return "ecotaxa"
-    if path.name == "manifest.json" and _is_store(path.parent):
+    if path.name == MANIFEST and is_store(path.parent):
         return "store"
     if suffix in IMAGE_SUFFIXES:
         return "image"  # an image that does not start like one: its prediction says why
@@ -98,14 +108,6 @@ def _looks_like_table(head: bytes) -> bool:
     return b"\t" in first and any(c in first for c in (b"object_id", b"img_file_name", b"orig_id"))
 
 
-def _is_store(path: Path) -> bool:
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "sources" in manifest
-
-
 def _is_image_file(path: str) -> bool:
     if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
         return True
@@ -118,7 +120,7 @@ def _is_image_file(path: str) -> bool:
 def _detect_dir(path: Path) -> str | None:
     """Store, else by what the tree holds: IFCB bins before FlowCam lists before EcoTaxa
     tables before images (a FlowCam run or an EcoTaxa export also holds images)."""
-    if (path / "manifest.json").is_file() and _is_store(path):
+    if is_store(path):
         return "store"
     from planktonzilla.readers.ifcb import parse_bin_name
 
@@ -169,7 +171,7 @@ def _detect_zip(path: Path) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read(path: Path, where: str | None) -> Iterator[Record | Rejection]:
+def _read(path: Path, where: str | None, readers: dict) -> Iterator[Record | Rejection]:
     if not path.exists():
         if any(path.with_name(path.name + s).is_file() for s in _IFCB_SUFFIXES):
             yield from _read_ifcb(path)  # a bin named without its suffix
@@ -190,20 +192,10 @@ def _read(path: Path, where: str | None) -> Iterator[Record | Rejection]:
             "or planktonzilla store",
         )
         return
-    if kind == "image":
-        yield Record(path.name, FileBytes(path), extra={"img_file_name": path.name})
-    elif kind == "images":
-        yield from _read_images(path)
-    elif kind == "ifcb":
-        yield from _read_ifcb(path)
-    elif kind == "flowcam":
-        yield from _read_flowcam(path)
-    elif kind == "ecotaxa":
-        yield from _read_ecotaxa(path)
-    elif kind == "store":
+    if kind == "store":
         yield from _read_store(path if path.is_dir() else path.parent, where)
     else:
-        yield from _read_zip(path)
+        yield from readers[kind](path)
 
 
 def _read_images(root: Path) -> Iterator[Record | Rejection]:
@@ -344,8 +336,9 @@ def _read_zip(path: Path) -> Iterator[Record | Rejection]:
         parts = name.split("/")
         if is_junk(parts[-1]) or any(p in JUNK_DIRS or p.startswith("._") for p in parts[:-1]):
             continue
-        if name.startswith("/") or "\\" in name or ".." in parts:
-            yield Rejection(name, "unsafe_path", f"{path}: member {name!r} points outside it")
+        problem = zip_member_problem(info)
+        if problem:
+            yield Rejection(name, problem[0], f"{path}: {problem[1]}")
             continue
         if name in heads and not heads[name].startswith(IMAGE_MAGIC):
             yield Rejection(name, "unsupported_format", f"{path}!{name}: not an image file")
@@ -356,3 +349,32 @@ def _read_zip(path: Path) -> Iterator[Record | Rejection]:
             raw_label=parts[-2] if len(parts) > 1 else None,
             extra={"img_file_name": name},
         )
+
+
+def _read_image(path: Path) -> Iterator[Record | Rejection]:
+    yield Record(path.name, FileBytes(path), extra={"img_file_name": path.name})
+
+
+def _read_labelled_folder(root: Path) -> Iterator[Record | Rejection]:
+    from planktonzilla.readers.folder import read_folder
+
+    return read_folder(root)
+
+
+def _read_ecotaxa_rows(path: Path) -> Iterator[Record | Rejection]:
+    from planktonzilla.readers.ecotaxa import read_ecotaxa
+
+    return read_ecotaxa(path)
+
+
+#: The reader of each kind `detect` finds (a store is read with the caller's `where`).
+READERS: dict[str, Callable[[Path], Iterator[Record | Rejection]]] = {
+    "image": _read_image,
+    "images": _read_images,
+    "ifcb": _read_ifcb,
+    "flowcam": _read_flowcam,
+    "ecotaxa": _read_ecotaxa,
+    "zip": _read_zip,
+}
+#: What ingest reads differently: labelled folders, and EcoTaxa rows with no image.
+INGEST_READERS = {**READERS, "images": _read_labelled_folder, "ecotaxa": _read_ecotaxa_rows}

@@ -1,12 +1,12 @@
 """Training data: store rows -> uint8 image batches, reproducible under any number of DDP ranks
 and DataLoader workers.
 
-    loader = make_loader(store, view.side("train"), batch_size=256, image_size=224, train=True,
-                         seed=0, rank=rank, world_size=world)
+    loader = make_loader(store, view.side("train"), batch_size=256, train=True,
+                         preprocess=model.preprocess, seed=0, rank=rank, world_size=world)
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         for images, labels in loader:                       # uint8 [B/W, 3, S, S], int64 [B/W]
-            x = normalize(images.to(device, non_blocking=True), mean, std)
+            x = model.preprocess.normalize(images.to(device, non_blocking=True))
 
 Order. One *global* order per epoch, a pure function of (seed, epoch) (and of the view and
 the memory mode); global batch k is `order[k*B:(k+1)*B]` for every world size, and rank r takes
@@ -21,21 +21,19 @@ Parquet row group (1024 rows) through a small per-worker LRU cache, and its trai
 a *block shuffle*: row groups are shuffled, grouped into windows of `window_groups` row groups,
 and items are shuffled within each window, so a batch touches only a few row groups.
 
-Pixels. Decode (Pillow; greyscale stays one channel until the batch buffer), estimate the
-background from the 1-px border (per-channel median), pad to a square with it (aspect
-preserved), resize to S. Training adds any-angle rotation filled with the background, both
-flips, mild zoom and contrast/brightness jitter. Every geometric step runs at the smaller of
-the native and target resolutions, once.
+Pixels. Un-augmented items follow the image contract exactly (`planktonzilla.data.preprocess`:
+resize the longest side to S, pad to a square with the fill). Training adds any-angle rotation
+filled like the padding, both flips, mild zoom and contrast/brightness jitter; every geometric
+step runs at the smaller of the native and target resolutions, once.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import multiprocessing
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +45,20 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from planktonzilla.data.preprocess import (
+    INTERPOLATIONS,
+    PreprocessConfig,
+    border_fill,
+    decode,
+    fill_for_mode,
+)
+
 __all__ = [
     "MEMORY_BUDGET",
     "Augment",
     "EpochBatchSampler",
     "ImageTable",
     "make_loader",
-    "normalize",
-    "preprocess",
 ]
 
 #: Views whose image bytes are at most this are loaded into memory once.
@@ -64,7 +68,6 @@ WINDOW_GROUPS = 8
 #: Row groups of encoded images each worker keeps (out-of-memory mode).
 CACHE_GROUPS = 24
 
-_BILINEAR = Image.Resampling.BILINEAR
 _AFFINE = Image.Transform.AFFINE
 
 
@@ -93,77 +96,23 @@ class _Params:
 _IDENTITY = _Params()
 
 
-def _to_l_or_rgb(im: Image.Image) -> tuple[Image.Image, np.ndarray]:
-    """One-channel ("L") or three-channel ("RGB") 8-bit image and its pixels; RGB whose
-    channels are all equal (greyscale saved as colour, common for plankton) becomes "L"."""
-    mode = im.mode
-    if mode in ("1", "LA", "La"):
-        im = im.convert("L")
-    elif mode.startswith("I") or mode == "F":  # 16-bit / 32-bit greyscale: scale by the max
-        a = np.asarray(im, dtype=np.float32)
-        hi = float(a.max()) if a.size else 0.0
-        if hi > 255:
-            a = a * (255.0 / hi)
-        a = np.clip(a, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L"), a
-    elif mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode not in ("L", "RGB"):
-        im = im.convert("RGB")
-    a = np.asarray(im)
-    if a.ndim == 3:
-        g = a[:, :, 0]
-        if np.array_equal(g, a[:, :, 1]) and np.array_equal(g, a[:, :, 2]):
-            a = np.ascontiguousarray(g)
-            im = Image.fromarray(a, "L")
-    return im, a
-
-
-def _decode(data: bytes, long_side: int) -> tuple[Image.Image, np.ndarray]:
-    """Decode; JPEGs much larger than needed are decoded at a reduced scale (`draft`)."""
-    im = Image.open(io.BytesIO(data))
-    if im.format == "JPEG":
-        w, h = im.size
-        big = max(w, h)
-        if big >= 2 * long_side:
-            f = long_side / big
-            im.draft("L" if im.mode == "L" else "RGB", (math.ceil(w * f), math.ceil(h * f)))
-    im.load()
-    return _to_l_or_rgb(im)
-
-
-def _border_fill(a: np.ndarray) -> int | tuple[int, ...]:
-    """Background estimate: the per-channel median of the 1-px border."""
-    if a.shape[0] < 3 or a.shape[1] < 3:
-        border = a.reshape(-1, *a.shape[2:])
-    else:
-        border = np.concatenate((a[0], a[-1], a[1:-1, 0], a[1:-1, -1]))
-    med = np.median(border, axis=0)
-    if np.ndim(med) == 0:
-        return int(round(float(med)))
-    return tuple(int(round(float(v))) for v in med)
-
-
 def _render(
-    data: bytes, size: int, fill=None, p: _Params = _IDENTITY, max_scale: float = 1.0
+    data: bytes, cfg: PreprocessConfig, p: _Params = _IDENTITY, max_scale: float = 1.0
 ) -> np.ndarray:
-    """uint8 [size, size] (greyscale) or [size, size, 3]: pad-to-square + resize (+ augment)."""
-    im, pixels = _decode(data, math.ceil(size * max_scale))
-    if fill is None:
-        fill = _border_fill(pixels)
-    elif im.mode == "L" and not np.isscalar(fill):
-        fill = tuple(int(v) for v in fill)
-        if len(set(fill)) == 1:
-            fill = fill[0]
-        else:
-            im = im.convert("RGB")
-    elif im.mode == "RGB" and np.isscalar(fill):
-        fill = (int(fill),) * 3
+    """uint8 [size, size] (greyscale) or [size, size, 3]. Without augmentation this is the
+    contract's own path (`PreprocessConfig.render`); augmented, the geometric steps run once,
+    at the smaller of the native and target resolutions, filled like the contract."""
+    if p is _IDENTITY:
+        return cfg.render(*decode(data))
+    size = cfg.size
+    im, pixels = decode(data, math.ceil(size * max_scale))
+    fill = border_fill(pixels) if cfg.fill == "border" else cfg.fill
+    im, fill = fill_for_mode(fill, im.mode, im)
     w, h = im.size
     k = size * p.scale / max(w, h)  # overall scale of the content
     if k < 1:  # shrink first (antialiased), then place at scale 1 on the size x size canvas
         w, h = max(1, round(w * k)), max(1, round(h * k))
-        im = im.resize((w, h), _BILINEAR, reducing_gap=3.0)
+        im = im.resize((w, h), INTERPOLATIONS[cfg.interpolation], reducing_gap=3.0)
         side = size
     else:  # place at native scale on a canvas of side ~L/scale, enlarge at the end
         side = max(1, round(size / k))
@@ -174,7 +123,13 @@ def _render(
         a, b, d, e = fx * cos, fx * sin, -fy * sin, fy * cos  # output -> input
         co = side / 2
         c, f = w / 2 - (a + b) * co, h / 2 - (d + e) * co
-        canvas = im.transform((side, side), _AFFINE, (a, b, c, d, e, f), _BILINEAR, fillcolor=fill)
+        canvas = im.transform(
+            (side, side),
+            _AFFINE,
+            (a, b, c, d, e, f),
+            INTERPOLATIONS[cfg.interpolation],
+            fillcolor=fill,
+        )
     elif side == w == h:
         canvas = im
     else:
@@ -187,35 +142,8 @@ def _render(
         lut = np.rint(lut).astype(np.uint8)
         canvas = Image.fromarray(lut[np.asarray(canvas)], canvas.mode)
     if side != size:
-        canvas = canvas.resize((size, size), _BILINEAR)
+        canvas = canvas.resize((size, size), INTERPOLATIONS[cfg.interpolation])
     return np.asarray(canvas)
-
-
-def preprocess(image_bytes: bytes, size: int, *, fill=None) -> np.ndarray:
-    """Encoded image -> uint8 [size, size, 3]: decode, pad to a square with the background
-    (estimated from the 1-px border unless `fill` is given: a level or an RGB triple), resize.
-    This is the evaluation path (no augmentation)."""
-    a = _render(image_bytes, size, fill)
-    if a.ndim == 2:
-        return np.repeat(a[:, :, None], 3, axis=2)
-    return a
-
-
-def normalize(
-    images: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """uint8 [B, 3, H, W] (or [3, H, W]) -> `dtype` (x/255 - mean) / std on the images'
-    device; mean and std in 0-1 units (timm's data config). Computed in float32."""
-    device = images.device
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    x = images.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-    x = x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
-    return x if dtype == torch.float32 else x.to(dtype)
 
 
 # -------------------------------------------------------------- per-item randomness
@@ -296,12 +224,18 @@ class ImageTable(Dataset):
         store,
         table: pa.Table,
         *,
-        image_size: int,
+        preprocess: PreprocessConfig | None = None,
+        image_size: int | None = None,
         memory_budget: int = MEMORY_BUDGET,
         cache_groups: int = CACHE_GROUPS,
     ):
         self.store_path = Path(store.path)
-        self.image_size = int(image_size)
+        if preprocess is None:
+            if image_size is None:
+                raise TypeError("ImageTable needs preprocess= (or image_size=)")
+            preprocess = PreprocessConfig(size=image_size)
+        self.preprocess = preprocess
+        self.image_size = preprocess.size
         self.cache_groups = cache_groups
         self.labels = np.asarray(
             table.column("label_index").to_numpy(zero_copy_only=False), dtype=np.int64
@@ -320,16 +254,11 @@ class ImageTable(Dataset):
 
     # -- where each row lives
     def _locate(self, store, object_ids: pa.ChunkedArray, sources: set | None) -> None:
-        shards = [
-            shard["path"]
-            for name, entry in sorted(store.manifest()["sources"].items())
-            if sources is None or name in sources
-            for shard in entry["shards"]
-        ]
+        shards = store.shard_files("objects", sources)
         ids, group_start, group_file, group_rg, group_bytes = [], [], [], [], []
         total = 0
         for fi, rel in enumerate(shards):
-            pf = pq.ParquetFile(self.store_path / rel)
+            pf = pq.ParquetFile(rel)
             ids.append(pf.read(columns=["object_id"]).column(0))
             md = pf.metadata
             col = pf.schema_arrow.get_field_index("image")
@@ -369,7 +298,7 @@ class ImageTable(Dataset):
         self._own_process()
         pf = self._files.get(fi)
         if pf is None:
-            pf = self._files[fi] = pq.ParquetFile(self.store_path / self._shards[fi])
+            pf = self._files[fi] = pq.ParquetFile(self._shards[fi])
         return pf
 
     def _load_all(self) -> None:
@@ -430,7 +359,7 @@ class ImageTable(Dataset):
         if isinstance(key, _BatchKey):
             return self._batch(key)
         i = int(key)
-        a = _render(self.image_bytes(i), self.image_size)
+        a = _render(self.image_bytes(i), self.preprocess)
         img = torch.from_numpy(
             np.ascontiguousarray(
                 np.broadcast_to(a[None] if a.ndim == 2 else a.transpose(2, 0, 1), (3, *a.shape[:2]))
@@ -450,7 +379,7 @@ class ImageTable(Dataset):
         else:
             params, max_scale = [_IDENTITY] * len(idx), 1.0
         for j, (i, p) in enumerate(zip(idx.tolist(), params, strict=True)):
-            a = _render(self.image_bytes(i), s, None, p, max_scale)
+            a = _render(self.image_bytes(i), self.preprocess, p, max_scale)
             arr[j] = a if a.ndim == 2 else a.transpose(2, 0, 1)
         return out, torch.from_numpy(self.labels[idx])
 
@@ -560,8 +489,9 @@ def make_loader(
     table: pa.Table | ImageTable,
     *,
     batch_size: int,
-    image_size: int,
     train: bool,
+    preprocess: PreprocessConfig | None = None,
+    image_size: int | None = None,
     seed: int = 0,
     epoch: int = 0,
     skip_batches: int = 0,
@@ -583,10 +513,13 @@ def make_loader(
     loaders to read the images once). Next epochs: `loader.sampler.set_epoch(e)`."""
     if isinstance(table, ImageTable):
         dataset = table
-        if dataset.image_size != image_size:
-            raise ValueError(f"dataset built for {dataset.image_size} px, not {image_size}")
+        wanted = preprocess.size if preprocess is not None else image_size
+        if wanted is not None and dataset.image_size != wanted:
+            raise ValueError(f"dataset built for {dataset.image_size} px, not {wanted}")
     else:
-        dataset = ImageTable(store, table, image_size=image_size, memory_budget=memory_budget)
+        dataset = ImageTable(
+            store, table, preprocess=preprocess, image_size=image_size, memory_budget=memory_budget
+        )
     sampler = EpochBatchSampler(
         dataset,
         batch_size=batch_size,

@@ -37,9 +37,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from planktonzilla.splits import SIDES, SplitError, split_info, split_path
+from planktonzilla.constants import RANKS, SIDES
+from planktonzilla.data.splits import split_info, split_path
+from planktonzilla.exceptions import SplitError
 
-RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 COLUMNS = (
     "object_id",
     "split",
@@ -119,7 +120,7 @@ def dataset_view(
         raise ValueError(f"min_per_class must be >= 0, got {min_per_class}")
     path = split_path(store, split_name)
     if not path.is_file():
-        from planktonzilla.splits import list_splits
+        from planktonzilla.data.splits import list_splits
 
         known = ", ".join(list_splits(store)) or "none; make one with `pz split`"
         raise SplitError(f"no split {split_name!r} in {store.path} (known: {known})")

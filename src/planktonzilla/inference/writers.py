@@ -47,7 +47,9 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from planktonzilla.dataset import RANKS
+from planktonzilla.constants import RANKS
+from planktonzilla.fileio import member_problem, safe_member_path, zip_member_problem
+from planktonzilla.readers.ecotaxa_tsv import column_types, tsv_cell, tsv_lines
 from planktonzilla.records import Record, Rejection
 
 __all__ = [
@@ -96,7 +98,7 @@ _MAGIC_SUFFIX = (
 
 def prediction_columns(top_k: int) -> list[str]:
     """The prediction part of a row, in order (`Prediction.to_row`)."""
-    from planktonzilla.predict.classifier import Prediction
+    from planktonzilla.inference.classifier import Prediction
 
     return list(Prediction(error="").to_row(top_k))
 
@@ -208,12 +210,6 @@ _ECOTAXA_PREFIXES = ("object_", "sample_", "acq_", "process_", "img_")
 _ECOTAXA_SKIP = frozenset(
     {"hierarchy", "annotation_status", "issues", "time_precision", "missing_image"}
 )
-_ECOTAXA_TEXT = frozenset(
-    {"img_file_name", "object_id", "object_origin", "object_date", "object_time",
-     "object_annotation_status", "object_annotation_category", "object_annotation_hierarchy",
-     "sample_id", "acq_instrument", "object_confident_rank", "object_confident_name",
-     "acq_id", "process_id", "object_link", "img_rank"}
-)  # fmt: skip
 _INPUT_ANNOTATION = ("object_annotation_", "classif_")
 _PIXEL_COLUMNS = ("process_particle_pixel_size_mm", "process_pixel", "acq_pixel")
 
@@ -303,44 +299,6 @@ def _datetime(value: Any) -> datetime | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _ecotaxa_types(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[str]:
-    """`[f]` for columns whose values (in `rows`) are all numbers, `[t]` otherwise."""
-    types = []
-    for c in columns:
-        values = [r.get(c) for r in rows if r.get(c) not in (None, "")]
-        numeric = (
-            c not in _ECOTAXA_TEXT
-            and not c.endswith("_id")
-            and not _TOP_LABEL.fullmatch(c)
-            and bool(values)
-            and all(_is_number(v) for v in values)
-        )
-        types.append("[f]" if numeric else "[t]")
-    return types
-
-
-_TOP_LABEL = re.compile(r"object_top\d+_label")
-_TSV_BREAK = re.compile(r"[\t\r\n]")
-
-
-def _tsv_cell(value: Any, numeric: bool = False) -> str:
-    if value is None:
-        return ""
-    if type(value) is str and not numeric and not _TSV_BREAK.search(value):
-        return value
-    if numeric and not _is_number(value):
-        return ""  # text met in a number column: EcoTaxa would refuse the whole file
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    if isinstance(value, bool):
-        return str(int(value))
-    return _TSV_BREAK.sub(" ", str(value))
-
-
 def _csv_cell(value: Any) -> str:
     kind = type(value)
     if kind is str and "\n" not in value and "\r" not in value:
@@ -378,12 +336,7 @@ def ecotaxa_tsv_bytes(rows: Sequence[dict[str, Any]], *, category: str = "label"
     `error` are left out."""
     erows = [e for r in rows if (e := ecotaxa_row(r, category)) is not None]
     columns = _union_columns(erows) or list(ecotaxa_row({"label": None}, category) or {})
-    types = _ecotaxa_types(columns, erows)
-    lines = ["\t".join(columns), "\t".join(types)]
-    numeric = [t == "[f]" for t in types]
-    for row in erows:
-        cells = (_tsv_cell(row.get(c), n) for c, n in zip(columns, numeric, strict=True))
-        lines.append("\t".join(cells))
+    lines, _ = tsv_lines(columns, erows)
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -552,7 +505,7 @@ class _LineTable:
                     self.columns.append(EXTRA_COLUMN)
                 lines.append(self._csv_line(self.columns))
             else:
-                types = _ecotaxa_types(self.columns, rows)
+                types = column_types(self.columns, rows)
                 self.numeric = [t == "[f]" for t in types]
                 lines += ["\t".join(self.columns), "\t".join(types)]
         known = set(self.columns)
@@ -576,7 +529,7 @@ class _LineTable:
             numeric = self.numeric or [False] * len(columns)
             pairs = list(zip(columns, numeric, strict=False))
             for row in rows:
-                lines.append("\t".join([_tsv_cell(row.get(c), n) for c, n in pairs]))
+                lines.append("\t".join([tsv_cell(row.get(c), n) for c, n in pairs]))
             text = "\n".join(lines) + "\n"
         if self._fh is None:
             # kept open across batches; closed by close() (a kill leaves at most a torn line)
@@ -661,8 +614,8 @@ class _EcotaxaWriter(Writer):
         if data is None:
             return name
         rel = PurePosixPath(name or "image.png")
-        if rel.is_absolute() or ".." in rel.parts or "\\" in str(rel) or not rel.parts:
-            rel = PurePosixPath(rel.name or "image.png")
+        if member_problem(str(rel)) or not rel.parts:  # file names become zip members
+            rel = PurePosixPath(PurePosixPath(str(rel).replace("\\", "/")).name or "image.png")
         candidate, n = str(rel), 1
         while candidate in self._names:
             n += 1
@@ -680,7 +633,7 @@ class _EcotaxaWriter(Writer):
     def close(self):
         self.abort()
         columns = list(ecotaxa_row({"label": None}, self.category) or {})
-        self.table.ensure_header(columns, _ecotaxa_types(columns, []))
+        self.table.ensure_header(columns, column_types(columns, []))
         self.rejected.ensure_header([*METADATA_COLUMNS, "error"])
         if self.zip:
             _zip_partial(self.partial, self.table.path, self.path)
@@ -690,10 +643,9 @@ def _unzip(path: Path, target: Path) -> None:
     target.mkdir(parents=True)
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
-            rel = PurePosixPath(info.filename)
-            if info.is_dir() or rel.is_absolute() or ".." in rel.parts:
-                continue
-            out = target / rel
+            if info.is_dir() or zip_member_problem(info):
+                continue  # our own partial zip: nothing else belongs in it
+            out = target / safe_member_path(info.filename)
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)

@@ -14,7 +14,6 @@ manifest lists, so a crashed ingest leaves the previous view intact.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -29,17 +28,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planktonzilla import __version__, schema
+from planktonzilla._version import __version__
+from planktonzilla.exceptions import StoreError, StoreLockedError
+from planktonzilla.fileio import atomic_path, atomic_write, sha256_bytes, sha256_file
 from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, examine, examine_many
 from planktonzilla.records import DEFAULTABLE, Record, Rejection
+from planktonzilla.store import schema
+from planktonzilla.store.layout import StoreLayout, read_manifest
 
-MANIFEST = "manifest.json"
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
-
-
-class StoreError(Exception):
-    """A store-level problem the user must fix (bad source name, concurrent ingest…)."""
 
 
 @dataclass
@@ -111,7 +109,8 @@ class _ShardWriter:
     rejected share the number), each by atomic rename."""
 
     def __init__(self, root: Path, source: str, shard_rows: int, shard_bytes: int):
-        self.dirs = {kind: root / kind / source for kind in ("objects", "rejected")}
+        layout = StoreLayout(root)
+        self.dirs = {kind: layout.shard_dir(kind, source) for kind in ("objects", "rejected")}
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         numbers = [
@@ -188,23 +187,12 @@ class _KnownObjects:
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     # Image bytes are already compressed: spend no CPU recompressing them.
     compression = {name: "zstd" for name in table.column_names}
     if "image" in compression:
         compression["image"] = "none"
-    pq.write_table(table, tmp, compression=compression, row_group_size=1024)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=compression, row_group_size=1024)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -223,26 +211,35 @@ class ObjectStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.layout = StoreLayout(self.path)
 
     # ---------------------------------------------------------------- reading
     def manifest(self) -> dict:
         """The current manifest (an empty one for a new store)."""
-        try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except FileNotFoundError:
+        manifest = read_manifest(self.path)
+        if manifest is None:
             return {"schema_version": schema.SCHEMA_VERSION, "sources": {}}
+        return manifest
 
     def manifest_hash(self) -> str:
         """sha256 of manifest.json: identifies exactly what data a model or result saw."""
-        path = self.path / MANIFEST
-        return _sha256_file(path) if path.exists() else ""
+        path = self.layout.manifest
+        return sha256_file(path) if path.exists() else ""
 
-    def _files(self, kind: str, source: str | None = None) -> list[str]:
+    def shard_files(
+        self, kind: str = "objects", sources: str | Iterable[str] | None = None
+    ) -> list[str]:
+        """Paths of the shards the manifest lists (`objects` or `rejected`), by source name;
+        `sources` keeps only those (a name or several)."""
+        if isinstance(sources, str):
+            sources = {sources}
+        elif sources is not None:
+            sources = set(sources)
         key = "shards" if kind == "objects" else "rejected_shards"
         return [
             str(self.path / shard["path"])
             for name, entry in sorted(self.manifest()["sources"].items())
-            if source is None or name == source
+            if sources is None or name in sources
             for shard in entry[key]
         ]
 
@@ -287,7 +284,7 @@ class ObjectStore:
 
         con = duckdb.connect()
         for kind, table_schema in (("objects", schema.OBJECTS), ("rejected", schema.REJECTED)):
-            files = self._files(kind)
+            files = self.shard_files(kind)
             name = "objects_raw" if kind == "objects" else kind
             if files:
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_list(files)})")
@@ -306,8 +303,8 @@ class ObjectStore:
             " FROM objects_raw o LEFT JOIN taxonomy t"
             " ON t.source = o.source AND t.raw_label = o.raw_label"
         )
-        # splits/<scheme>.parquet (planktonzilla.splits), joined at read time
-        split_files = sorted(str(p) for p in (self.path / "splits").glob("*.parquet"))
+        # splits/<scheme>.parquet (planktonzilla.data.splits), joined at read time
+        split_files = sorted(str(p) for p in self.layout.splits.glob("*.parquet"))
         if split_files:
             con.execute(
                 "CREATE VIEW splits AS SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1)"
@@ -329,7 +326,7 @@ class ObjectStore:
         shipped = mapping_table()
         tables = [shipped]
         covered = set(_pairs(shipped))
-        for path in sorted((self.path / "taxonomy").glob("*.parquet")):
+        for path in sorted(self.layout.taxonomy.glob("*.parquet")):
             local = pq.read_table(path).cast(shipped.schema)
             # a shipped row wins once a mapping update covers the label
             keep = [pair not in covered for pair in _pairs(local)]
@@ -346,7 +343,7 @@ class ObjectStore:
             {label for label in self._column("objects", "raw_label", source) if label}
             - {label for s, label in shipped if s == source}
         )
-        path = self.path / "taxonomy" / f"{source}.parquet"
+        path = self.layout.source_taxonomy(source)
         if not labels:
             path.unlink(missing_ok=True)
             return
@@ -423,11 +420,13 @@ class ObjectStore:
     @contextmanager
     def _lock(self):
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as fh:
+        with open(self.layout.lock, "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreError(f"another process is writing to {self.path}") from None
+                raise StoreLockedError(
+                    f"another process is writing to {self.path}: wait for it to finish"
+                ) from None
             try:
                 yield
             finally:
@@ -581,7 +580,7 @@ class ObjectStore:
         record, info, object_id = result
         info: ImageInfo | None
         if object_id is None:  # metadata-only: identity from the source's own id
-            object_id = hashlib.sha256(f"{source}\0{record.source_object_id}".encode()).hexdigest()
+            object_id = sha256_bytes(f"{source}\0{record.source_object_id}".encode())
         kept = known.get(object_id)
         if kept:
             kept_source, kept_label = kept
@@ -646,7 +645,7 @@ class ObjectStore:
             if old and old["bytes"] == size:
                 return old
             rows = pq.ParquetFile(path).metadata.num_rows
-            return {"path": rel, "rows": rows, "bytes": size, "sha256": _sha256_file(path)}
+            return {"path": rel, "rows": rows, "bytes": size, "sha256": sha256_file(path)}
 
         from planktonzilla.taxonomy import mapping_version
 
@@ -669,9 +668,7 @@ class ObjectStore:
             "rejected": sum(e["rejected"] for e in sources.values()),
             "sources": dict(sorted(sources.items())),
         }
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.path / MANIFEST)
+        atomic_write(self.layout.manifest, json.dumps(manifest, indent=1))
 
 
 def _sql_list(paths: list[str]) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from planktonzilla.dataset import RANKS
+from planktonzilla.data.dataset import RANKS
 
 CALIBRATION = "calibration.json"
 DEFAULT_RANK_THRESHOLD = 0.5
@@ -219,6 +219,7 @@ class Classifier:
         self.dtype = dtype
         self.directory = None if directory is None else Path(directory)
         self.kind: str = model.kind
+        self.preprocess = model.preprocess
         self.image_size: int = model.image_size
         self.device = next(iter(model.buffers())).device
         lineages = [dict(lin) for lin in model.config["class_lineages"]]
@@ -241,7 +242,7 @@ class Classifier:
         cls,
         directory: str | os.PathLike,
         *,
-        device: str = "cpu",
+        device: str = "auto",
         labels: Sequence[str] | None = None,
         dtype=None,
     ) -> Classifier:
@@ -333,7 +334,7 @@ class Classifier:
         with ThreadPoolExecutor(workers) as pool:
             pending = None  # the next batch decodes while the model runs on this one
             for chunk in _chunks(images, batch_size):
-                ahead = _DecodedBatch(chunk, self.image_size, pool, workers)
+                ahead = _DecodedBatch(chunk, self.preprocess, pool, workers)
                 if pending is not None:
                     yield from self._finish(*pending.result(), top_k)
                 pending = ahead
@@ -475,13 +476,13 @@ def calibrate(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     ood_fpr: float = DEFAULT_OOD_FPR,
     batch_size: int = 128,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Calibrate a model directory's thresholds on `side` of `split` (the model's own label
     space): rank thresholds at `target_precision`, the OOD threshold at the (1 - ood_fpr)
     quantile of the energy scores. Writes ``calibration.json`` and returns it."""
-    from planktonzilla.dataset import dataset_view
-    from planktonzilla.train.data import make_loader
+    from planktonzilla.data.dataset import dataset_view
+    from planktonzilla.data.loader import make_loader
 
     clf = Classifier.load(directory, device=device)
     config = clf.model.config
@@ -503,7 +504,7 @@ def calibrate(
     table = table.take(keep)
     truth_lineages = [{r: row[r] for r in RANKS} for row in table.select(list(RANKS)).to_pylist()]
     loader = make_loader(
-        store, table, batch_size=batch_size, image_size=clf.image_size, train=False
+        store, table, batch_size=batch_size, preprocess=clf.preprocess, train=False
     )
     probs, energy = [], []
     for images, _ in loader:
@@ -577,18 +578,19 @@ class _DecodedBatch:
     ``[B, 3, S, S]`` array (the model's layout: no stacking or transposing copy later), a
     few contiguous slices per task rather than one future per image."""
 
-    def __init__(self, items: list, size: int, pool: ThreadPoolExecutor, workers: int):
+    def __init__(self, items: list, cfg, pool: ThreadPoolExecutor, workers: int):
+        size = cfg.size
         self.array = np.empty((len(items), 3, size, size), dtype=np.uint8)
         self.errors: list[str | None] = [None] * len(items)
         step = max(1, -(-len(items) // (2 * workers)))  # two slices a worker: even finish
         self.futures = [
-            pool.submit(self._decode, items, start, min(start + step, len(items)), size)
+            pool.submit(self._decode, items, start, min(start + step, len(items)), cfg)
             for start in range(0, len(items), step)
         ]
 
-    def _decode(self, items: list, start: int, stop: int, size: int) -> None:
+    def _decode(self, items: list, start: int, stop: int, cfg) -> None:
         for i in range(start, stop):
-            array, self.errors[i] = _prepare(items[i], size)
+            array, self.errors[i] = _prepare(items[i], cfg)
             if array is not None:
                 self.array[i] = array.transpose(2, 0, 1)
 
@@ -598,12 +600,11 @@ class _DecodedBatch:
         return self.array, self.errors
 
 
-def _prepare(item: ImageInput, size: int) -> tuple[np.ndarray | None, str | None]:
+def _prepare(item: ImageInput, cfg) -> tuple[np.ndarray | None, str | None]:
     """(uint8 [S, S, 3] or None, "reason: message" or None) for one input."""
     from PIL import Image
 
     from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageRejected
-    from planktonzilla.train.data import preprocess
 
     try:
         if isinstance(item, Image.Image):
@@ -622,7 +623,7 @@ def _prepare(item: ImageInput, size: int) -> tuple[np.ndarray | None, str | None
         return None, f"unreadable: {exc}"
     try:
         _check_header(data, MAX_BYTES, MAX_PIXELS)
-        return preprocess(data, size), None
+        return cfg(data), None
     except ImageRejected as exc:
         return None, f"{exc.reason}: {exc.message}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's error

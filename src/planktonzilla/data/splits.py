@@ -30,7 +30,7 @@ Schemes (`make_split(store, scheme)`):
   Objects with no instrument are left out: they could be the held-out instrument.
 
 Every scheme covers the objects that have an image (metadata-only rows are never trained on),
-labelled or not: label filters belong to the dataset view (`planktonzilla.dataset`).
+labelled or not: label filters belong to the dataset view (`planktonzilla.data.dataset`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planktonzilla import __version__
+from planktonzilla._version import __version__
+from planktonzilla.constants import SIDES, SPLIT_NAMES
+from planktonzilla.exceptions import SplitError
+from planktonzilla.store.layout import StoreLayout
 
 SCHEMES = ("stratified", "grouped", "upstream", "loso", "loio")
-SIDES = ("train", "val", "test")
-SPLITS_DIR = "splits"
 METADATA_KEY = b"planktonzilla.split"
 SPLIT_SCHEMA = pa.schema(
     [pa.field("object_id", pa.string(), nullable=False), pa.field("split", pa.string())]
@@ -66,10 +67,6 @@ SELECT object_id, source, instrument, sample_id,
             ELSE '' END AS stratum
 FROM objects WHERE image_format IS NOT NULL
 """
-
-
-class SplitError(ValueError):
-    """A split that cannot be made or read as asked (bad fractions, unknown name…)."""
 
 
 # ------------------------------------------------------------------------------ public API
@@ -269,7 +266,6 @@ def _grouped(con, *, seed, val, test, min_per_class):
 
 
 def _upstream(con, *, seed, val, test, min_per_class):
-    from planktonzilla.readers.folder import SPLIT_NAMES
 
     cases = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_NAMES.items())
     con.execute(
@@ -392,12 +388,12 @@ def _literal(text: str) -> str:
 
 
 def _dir(store) -> Path:
-    return Path(store.path) / SPLITS_DIR
+    return store.layout.splits
 
 
 def _write(con, root: Path, name: str, sql: str, info: dict) -> None:
     """Stream the split to `splits/<name>.parquet.tmp`, then rename it into place."""
-    path = _file(root / SPLITS_DIR, name)
+    path = _file(StoreLayout(root).splits, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     info = {**info, "tool_version": __version__}
