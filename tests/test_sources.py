@@ -1,27 +1,31 @@
-"""The public collections: registry, downloads against a real loopback HTTP server, safe
-extraction, layout rules and one-call ingest — on archives built at test time from the real
-images in ../shared/data."""
+"""The public collections on the archives' real shapes (../shared/sources-verified.md): the
+registry, downloads from a real loopback HTTP server (WHOI's nine `…/download` URLs, the
+Fairdata download API as recorded, hosts that refuse, drop or stall HEAD), safe extraction,
+and one miniature archive per collection, with its real folder names and tables, ingested
+through `pz ingest source ID --from ARCHIVE` — built at test time from the real images in
+../shared/data."""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import socket
 import tarfile
-import threading
+import time
 import uuid
 import zipfile
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import typer
+from PIL import Image
 from typer.testing import CliRunner
 
+from _loopback import serve
 from planktonzilla.sources import download as dl
 from planktonzilla.sources import extract as ex
 from planktonzilla.sources.ingest import (
@@ -43,15 +47,15 @@ FAST = {"retries": 3, "backoff": 0.01}
 
 
 class Site:
-    """Files served by path, with per-path misbehaviour, and a Fairdata download service."""
+    """Files served by path, with per-path misbehaviour, and the Fairdata download API."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.rules: dict[str, set[str]] = {}
         self.log: list[tuple[str, str, dict]] = []
-        self.fd_packages: dict[str, tuple[str, bytes]] = {}  # dataset -> (package, bytes)
-        self.fd_requested: dict[str, int] = {}  # dataset -> polls since the request
-        self.fd_tokens: dict[str, str] = {}  # token -> dataset (single use)
+        self.fd_packages: dict[str, tuple[str, bytes]] = {}  # cr_id -> (package, bytes)
+        self.fd_polls: dict[str, int] = {}  # cr_id -> polls since the request
+        self.fd_tokens: dict[str, str] = {}  # token -> cr_id (single use)
         self.fd_drop_once = False
         self.base = ""
 
@@ -60,132 +64,114 @@ class Site:
         self.rules[path] = set(rules)
         return self.base + path
 
+    def handle(self, req):
+        url = urlsplit(req.path)
+        self.log.append((req.command, url.path, dict(req.headers)))
+        if url.path.startswith("/fd/"):
+            return self._fairdata(req, url)
+        if url.path not in self.files:
+            return req.send(404, b"not found", "text/plain")
+        data, rules = self.files[url.path], self.rules[url.path]
+        if req.command == "HEAD":
+            if "head_drop" in rules:  # darchive: the connection closes without an answer
+                req.close_connection = True
+                return req.connection.shutdown(socket.SHUT_RDWR)
+            if "head_stall" in rules:  # NCEI: HEAD times out
+                time.sleep(1.5)
+                return req.send(200, b"", headers={"Content-Length": str(len(data))})
+            for code in ("400", "405", "404"):
+                if f"head_{code}" in rules:
+                    return req.send(int(code), b"", "text/plain")
+        if "403" in rules:
+            return req.send(403, b"<html>Forbidden</html>", "text/html")
+        if "html" in rules:
+            page = b"<!DOCTYPE html><html><body>Please log in</body></html>"
+            return req.send(200, page, "text/html; charset=utf-8")
+        if "html_sniff" in rules:  # lies about its type
+            return req.send(200, b"\n  <!doctype html><html>login</html>")
+        drop = "drop_once" in rules and req.command == "GET"
+        if drop:
+            rules.discard("drop_once")
+        return _body(req, data, rules, drop)
 
-def _handler(site: Site):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def _fairdata(self, req, url):
+        """The Etsin download API exactly as sources-verified.md records it."""
+        q = parse_qs(url.query)
+        route = url.path[len("/fd") :]
+        if "dataset" in q:
+            return req.json(400, {"error": "unknown parameter: dataset"})
+        if route == "/requests" and req.command == "GET":
+            cr_id = q.get("cr_id", [""])[0]
+            if cr_id not in self.fd_polls:
+                return req.json(404, {"error": "no active requests"})
+            self.fd_polls[cr_id] += 1
+            return req.json(200, self._fd_status(cr_id, ready=self.fd_polls[cr_id] >= 2))
+        if route == "/requests" and req.command == "POST":
+            cr_id = req.body_json().get("cr_id")
+            if cr_id is None:
+                return req.json(400, {"error": "cr_id required"})
+            created = cr_id not in self.fd_polls
+            self.fd_polls.setdefault(cr_id, 0)
+            status = self._fd_status(cr_id, ready=False)
+            return req.json(200, status | ({} if created else {"created": False}))
+        if route == "/authorize" and req.command == "POST":
+            body = req.body_json()
+            if self.fd_packages.get(body.get("cr_id"), ("",))[0] != body.get("package"):
+                return req.json(404, {"error": "no such package"})
+            token = uuid.uuid4().hex
+            self.fd_tokens[token] = body["cr_id"]
+            return req.json(200, {"url": f"{self.base}/fd/download?token={token}"})
+        if route == "/download" and req.command == "GET":
+            cr_id = self.fd_tokens.pop(q.get("token", [""])[0], None)  # single use
+            if cr_id is None:
+                return req.json(401, {"error": "invalid or used token"})
+            drop, self.fd_drop_once = self.fd_drop_once, False
+            return _body(req, self.fd_packages[cr_id][1], set(), drop)
+        return req.json(404, {"error": "unknown route"})
 
-        def log_message(self, *args):
-            pass
-
-        def _send(self, code, body=b"", ctype="application/octet-stream", headers=None):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, code, obj):
-            self._send(code, json.dumps(obj).encode(), "application/json")
-
-        def _body(self, data: bytes, rules: set[str], drop: bool):
-            rng = self.headers.get("Range")
-            start = 0
-            if rng and "no_range" not in rules:
-                start = int(rng.split("=")[1].split("-")[0])
-                end = rng.split("-")[1]
-                stop = int(end) + 1 if end else len(data)
-                if start >= len(data):
-                    return self._send(416, headers={"Content-Range": f"bytes */{len(data)}"})
-                chunk = data[start:stop]
-                code, extra = 206, {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
-            else:
-                chunk, code, extra = data, 200, {}
-            extra["Accept-Ranges"] = "bytes"
-            if not drop:
-                return self._send(code, chunk, headers=extra)
-            self.send_response(code)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(chunk)))
-            for k, v in extra.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(chunk[: len(chunk) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-        def _files(self):
-            url = urlsplit(self.path)
-            site.log.append((self.command, url.path, dict(self.headers)))
-            if url.path.startswith("/fd/"):
-                return self._fairdata(url)
-            if url.path not in site.files:
-                return self._send(404, b"not found", "text/plain")
-            data, rules = site.files[url.path], site.rules[url.path]
-            if "403" in rules:
-                return self._send(403, b"<html>Forbidden</html>", "text/html")
-            if "html" in rules:
-                page = b"<!DOCTYPE html><html><body>Please log in</body></html>"
-                return self._send(200, page, "text/html; charset=utf-8")
-            if "html_sniff" in rules:  # lies about its type
-                return self._send(200, b"\n  <!doctype html><html>login</html>")
-            if self.command == "HEAD" and "no_head" in rules:
-                return self._send(405, b"", "text/plain")
-            drop = "drop_once" in rules and self.command == "GET"
-            if drop:
-                rules.discard("drop_once")
-            return self._body(data, rules, drop)
-
-        def _fairdata(self, url):
-            q = parse_qs(url.query)
-            route = url.path[len("/fd") :]
-            if route == "/requests" and self.command == "POST":
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                site.fd_requested[body["dataset"]] = 0
-                return self._json(201, {"dataset": body["dataset"]})
-            if route == "/requests" and self.command == "GET":
-                ds = q["dataset"][0]
-                if ds not in site.fd_requested:
-                    return self._json(404, {"error": "no active requests"})
-                site.fd_requested[ds] += 1
-                done = site.fd_requested[ds] >= 2  # pending on the first poll
-                package = site.fd_packages[ds][0]
-                status = "SUCCESS" if done else "PENDING"
-                entry = {"status": status} | ({"package": package} if done else {})
-                return self._json(200, {"dataset": ds, "partial": [], "complete": entry})
-            if route == "/authorize" and self.command == "POST":
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                ds = body["dataset"]
-                if site.fd_packages.get(ds, ("",))[0] != body.get("package"):
-                    return self._json(404, {"error": "no such package"})
-                token = uuid.uuid4().hex
-                site.fd_tokens[token] = ds
-                return self._json(200, {"token": token})
-            if route == "/download" and self.command == "GET":
-                ds = site.fd_tokens.pop(q.get("token", [""])[0], None)  # single use
-                if ds is None:
-                    return self._json(401, {"error": "invalid or used token"})
-                drop = site.fd_drop_once
-                site.fd_drop_once = False
-                return self._body(site.fd_packages[ds][1], set(), drop)
-            return self._json(404, {"error": "unknown route"})
-
-        do_GET = do_HEAD = do_POST = _files
-
-    return Handler
+    def _fd_status(self, cr_id: str, ready: bool) -> dict:
+        package, data = self.fd_packages[cr_id]
+        return {
+            "package": package,
+            "status": "SUCCESS" if ready else "PENDING",
+            "size": len(data),
+            "checksum": "sha256:" + hashlib.sha256(data).hexdigest(),
+        }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):  # clients hanging up: not test failures
-        pass
+def _body(req, data: bytes, rules: set[str], drop: bool):
+    rng = req.headers.get("Range")
+    if rng and "no_range" not in rules:
+        start = int(rng.split("=")[1].split("-")[0])
+        end = rng.split("-")[1]
+        stop = int(end) + 1 if end else len(data)
+        if start >= len(data):
+            return req.send(416, headers={"Content-Range": f"bytes */{len(data)}"})
+        chunk = data[start:stop]
+        code, extra = 206, {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
+    else:
+        chunk, code, extra = data, 200, {}
+    extra["Accept-Ranges"] = "bytes"
+    if not drop:
+        return req.send(code, chunk, headers=extra)
+    req.send_response(code)  # a truncated transfer: half the body, then the connection closes
+    req.send_header("Content-Type", "application/octet-stream")
+    req.send_header("Content-Length", str(len(chunk)))
+    for k, v in extra.items():
+        req.send_header(k, v)
+    req.end_headers()
+    req.wfile.write(chunk[: len(chunk) // 2])
+    req.wfile.flush()
+    req.close_connection = True
+    req.connection.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
 def site():
     s = Site()
-    server = _Server(("127.0.0.1", 0), _handler(s))
-    s.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield s
-    server.shutdown()
-    server.server_close()
+    with serve(s.handle) as base:
+        s.base = base
+        yield s
 
 
 # --- archives built from the real images ---------------------------------------------------
@@ -210,11 +196,16 @@ def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
     return buf.getvalue()
 
 
-def make_zip(members: dict[str, bytes]) -> bytes:
+def make_zip(members: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            if modes and name in modes:
+                info = zipfile.ZipInfo(name)
+                info.external_attr = modes[name] << 16
+                zf.writestr(info, data)
+            else:
+                zf.writestr(name, data)
     return buf.getvalue()
 
 
@@ -240,10 +231,260 @@ def objects(store: Path, sql: str = "SELECT * FROM objects ORDER BY origin"):
     return ObjectStore(store).query(sql).to_pylist()
 
 
+def taxa_csv_gz(rows) -> bytes:
+    """A SEANOE `taxa.csv.gz` with its real columns (sources-verified.md)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["objid", "taxon_level1", "lineage_level1", "taxon_level2", "plankton", "set", "img_path"]
+    )
+    for objid, cls, split in rows:
+        w.writerow([objid, cls, f"living>{cls}", cls, "True", split, f"{cls}/{objid}.jpg"])
+    return gzip.compress(buf.getvalue().encode())
+
+
+def png(path: Path) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def whoi_images(shared_data: Path, n: int = 2):
+    """[(class, IFCB file name, PNG bytes)]: real WHOI IFCB images under old-style IFCB names
+    (WHOI-Plankton names them IFCB<n>_<yyyy>_<ddd>_<hhmmss>_<roi>.png)."""
+    src = shared_data / "ifcb_whoi"
+    with open(src / "labels.csv") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["file"])
+    out = []
+    for i, row in enumerate(rows[:n]):
+        out.append((row["class"].replace(" ", "_"), i, png(src / "images" / row["file"])))
+    return out
+
+
+# --- one miniature archive per collection, in its real shape ---------------------------------
+# Each builder writes the archive(s) under `tmp` and returns (the --from path, expectations):
+# the number of images, the raw labels, and {source_object_id: upstream split} where the
+# collection ships one.
+
+SEANOE_WRAPPER = {
+    "zooscan": ("ZooScanNet/", "113141.tar"),
+    "zoocamnet": ("ZooCamNet/", "113094.tar"),
+    "uvp6net": ("", "119452.tar"),  # imgs/ and taxa.csv.gz at the tar root
+    "isiisnet": ("ISIISNet/", "113146.tar"),
+    "flowcamnet": ("FlowCamNet/", "113201.tar"),
+}
+
+
+def _seanoe(cid):
+    def build(images, tmp):
+        wrapper, name = SEANOE_WRAPPER[cid]
+        members, rows, split = {}, [], {}
+        for i, (cls, p) in enumerate(images):
+            objid = str(80_000_000 + i)
+            members[f"{wrapper}imgs/{cls}/{objid}.jpg"] = p.read_bytes()
+            side = ("train", "valid", "test")[i % 3]  # the 2025 releases write `valid`
+            rows.append((objid, cls, side))
+            split[objid] = "val" if side == "valid" else side
+        members[f"{wrapper}taxa.csv.gz"] = taxa_csv_gz(rows)
+        members[f"{wrapper}features_native.csv.gz"] = gzip.compress(
+            b"objid,area,mean\n" + b"".join(f"{o},3,1.5\n".encode() for o, _, _ in rows)
+        )
+        members[f"{wrapper}inventory.tsv"] = b"taxon\tn\n"
+        path = tmp / name
+        path.write_bytes(make_tar(members, "w"))
+        return path, {"labels": {c for c, _ in images}, "split": split}
+
+    return build
+
+
+def _planktoscope(images, tmp):
+    members = {f"Planktoscope_reference/imgs/{c}/{p.name}": p.read_bytes() for c, p in images}
+    members[f"Planktoscope_reference/imgs/{images[0][0]}/._{images[0][1].name}"] = b"\0\5\26"
+    members["Planktoscope_reference/.DS_Store"] = b"junk"
+    path = tmp / "124113.tar"
+    path.write_bytes(make_tar(members, "w"))
+    return path, {"labels": {c for c, _ in images}}
+
+
+def _global_uvp5(images, tmp):
+    """Two zips: the images in per-sample folders, and objects.tsv.gz of which only
+    `object_id` and `taxon` are verified column names."""
+    folder = tmp / "uvp5"
+    folder.mkdir()
+    members, lines = {}, ["object_id\ttaxon\tacq_id"]
+    for i, (cls, p) in enumerate(images):
+        members[f"images/sample_{i % 2}/uvp5_{i}.jpg"] = p.read_bytes()
+        lines.append(f"uvp5_{i}\t{cls}\tacq_{i % 2}")
+    (folder / "121258.zip").write_bytes(make_zip(members))
+    table = gzip.compress(("\n".join(lines) + "\n").encode())
+    (folder / "120871.zip").write_bytes(make_zip({"objects.tsv.gz": table}))
+    return folder, {"labels": {c for c, _ in images}}
+
+
+def _whoi(images, tmp, data):
+    folder = tmp / "whoi"
+    folder.mkdir()
+    shots = whoi_images(data, n=27)
+    for k, year in enumerate(range(2006, 2015)):
+        wrap = f"{year}/" if k % 2 else ""  # class folders, possibly under a year folder
+        members = {
+            f"{wrap}{cls}/IFCB1_{year}_{100 + i:03d}_01{k:02d}00_{i + 1:05d}.png": b
+            for cls, i, b in shots[3 * k : 3 * k + 3]
+        }
+        (folder / f"{year}.zip").write_bytes(make_zip(members))
+    return folder, {"labels": {c for c, _, _ in shots}, "n": 27}
+
+
+def _jedioceans(images, tmp):
+    """Per-release inner zips in CPICS_Validated.zip; LClass_ folders; odd permission bits."""
+    inner = {}
+    for r, release in enumerate(("20141001-07", "20150301-07")):
+        part = images[r::2]
+        members = {f"LClass_{c}/{p.name}": p.read_bytes() for c, p in part}
+        modes = {name: 0o104777 for name in list(members)[:1]}  # setuid + 777, a regular file
+        inner[f"CPICS_Validated/{release}.zip"] = make_zip(members, modes)
+    path = tmp / "CPICS_Validated.zip"
+    path.write_bytes(make_zip(inner))
+    return path, {"labels": {f"LClass_{c}" for c, _ in images}}
+
+
+def _folder_zip(prefix, name):
+    def build(images, tmp):
+        members = {f"{prefix}{c}/{p.name}": p.read_bytes() for c, p in images}
+        path = tmp / name
+        path.write_bytes(make_zip(members))
+        return path, {"labels": {c for c, _ in images}}
+
+    return build
+
+
+def _planktonset(images, tmp):
+    path = tmp / "127422.2.3.tar.gz"
+    path.write_bytes(planktonset_archive(images))
+    return path, {"labels": {c for c, _ in images}}
+
+
+def _sykezooscan(images, tmp):
+    inner = make_zip({f"SYKE_ZooScan_2024/{c}/{p.name}": p.read_bytes() for c, p in images})
+    path = tmp / "6fa42787-9772-41a5-a6fc-0dde489ed908.zip"
+    path.write_bytes(make_zip({"sykezooscan2024/images.zip": inner, "README.txt": b"r"}))
+    return path, {"labels": {c for c, _ in images}}
+
+
+def _zoolake(images, tmp):
+    members, lists, split = {}, {"train": [], "val": [], "test": []}, {}
+    for i, (cls, p) in enumerate(images):
+        members[f"data/zooplankton_0p5x/{cls}/training_data/{p.name}"] = p.read_bytes()
+        side = ("train", "val", "test")[i % 3]
+        lists[side].append(f"./data/zooplankton_0p5x/{cls}/{p.name}")
+        split[p.stem] = side
+    for side, names in lists.items():
+        members[f"data/zoolake_train_test_val_separated/{side}_filenames.txt"] = (
+            "\n".join(names) + "\n"
+        ).encode()
+    path = tmp / "data.zip"
+    path.write_bytes(make_zip(members))
+    return path, {"labels": {c for c, _ in images}, "split": split}
+
+
+def _lensless(images, tmp):
+    members, split = {}, {}
+    for i, (cls, p) in enumerate(images):
+        part = "TRAIN_IMAGE" if i % 2 else "TEST_IMAGE"
+        members[f"PlanktonData/{part}/{cls}/{p.name}"] = p.read_bytes()
+        split[p.stem] = "train" if i % 2 else "test"
+    path = tmp / "PlanktonData.zip"
+    path.write_bytes(make_zip(members))
+    return path, {"labels": {c for c, _ in images}, "split": split}
+
+
+MINIATURES = {
+    "global_uvp5": _global_uvp5,
+    "whoi": _whoi,
+    "jedioceans": _jedioceans,
+    **{cid: _seanoe(cid) for cid in SEANOE_WRAPPER},
+    "planktoscope": _planktoscope,
+    "medplanktonset": _folder_zip("IFCB_images/", "IFCB_images.zip"),
+    "syke_ifcb_2022": _folder_zip("labeled_20201020/", "phytoplankton_labeled.zip"),
+    "planktonset1.0": _planktonset,
+    "sykezooscan2024": _sykezooscan,
+    "zoolake": _zoolake,
+    "lensless": _lensless,
+}
+
+
+def build_miniature(cid: str, shared_data: Path, tmp: Path):
+    images = pick(shared_data, classes=2, per_class=3, skip=5 * list(MINIATURES).index(cid))
+    builder = MINIATURES[cid]
+    if cid == "whoi":
+        return builder(images, tmp, shared_data)
+    path, want = builder(images, tmp)
+    want.setdefault("n", len(images))
+    return path, want
+
+
+@pytest.fixture
+def pz():
+    """The real `pz` command line."""
+    from planktonzilla.cli import app
+
+    runner = CliRunner()
+
+    def run(*args, env=None):
+        return runner.invoke(app, [str(a) for a in args], env=env)
+
+    return run
+
+
+def test_registry_lists_a_miniature_for_every_collection():
+    assert set(MINIATURES) == {c.id for c in collections()}
+
+
+@pytest.mark.parametrize("cid", list(MINIATURES))
+def test_each_collection_ingests_from_its_real_shape(cid, pz, tmp_path, shared_data):
+    archive, want = build_miniature(cid, shared_data, tmp_path)
+    store = tmp_path / "store"
+    env = {"PZ_CACHE": str(tmp_path / "cache")}
+    r = pz("ingest", "source", cid, "--store", store, "--from", archive, env=env)
+    assert r.exit_code == 0, r.output
+    assert "SHORT by" in r.output  # a miniature is far below the expected count: said loudly
+    c = get(cid)
+    rows = objects(store)
+    assert len(rows) == want["n"]
+    assert {r["raw_label"] for r in rows} == want["labels"]
+    assert {(r["license"], r["license_url"], r["instrument"]) for r in rows} == {
+        (c.license, c.license_url, c.instrument)
+    }
+    got = {r["source_object_id"]: json.loads(r["extra"]).get("upstream_split") for r in rows}
+    if "split" not in want:
+        assert set(got.values()) == {None}
+        return
+    assert got == want["split"]
+    r = pz("split", "--store", store, "--scheme", "upstream")
+    assert r.exit_code == 0, r.output
+    from planktonzilla.data.splits import read_split
+
+    by_id = {r["object_id"]: r["source_object_id"] for r in rows}
+    table = read_split(ObjectStore(store), "upstream").to_pylist()
+    assert {by_id[t["object_id"]]: t["split"] for t in table} == want["split"]
+
+
 # --- registry -------------------------------------------------------------------------------
 
+WHOI_UUIDS = (
+    "5bf89ef0-0155-5ac2-923b-f2a8578c963a",
+    "e1fd23e9-1b79-51a8-a165-1f9bb30177d8",
+    "67fd1c6a-9268-58f6-808d-a757bf49a345",
+    "c1b63530-b104-5a1f-a8b3-f55898f788e7",
+    "7d6bd792-3fad-59aa-8906-af1fb377115e",
+    "18b14b5a-2a68-5f85-845f-1c1591a8f1a6",
+    "c9bf8e43-fa1c-5fd7-9328-04598db52c2e",
+    "ff635112-6337-5b34-9354-4035847dae24",
+    "6968c380-3713-57b1-bdca-5b21e514a996",
+)
 
-def test_registry_has_the_15_collections_with_their_facts(shared_data):
+
+def test_registry_has_the_15_collections_with_their_verified_facts(shared_data):
     cs = collections()
     assert len(cs) == 15
     assert sum(c.images for c in cs) == 17_404_047
@@ -253,6 +494,20 @@ def test_registry_has_the_15_collections_with_their_facts(shared_data):
         assert c.license and c.license_url.startswith("https://")
         assert c.doi and c.citation and c.instrument and c.layout
         assert c.download.urls or c.download.dataset
+        assert len(set(c.file_names())) == len(c.file_names())
+    w = get("whoi")
+    assert w.download.urls == tuple(
+        f"https://darchive.mblwhoilibrary.org/bitstreams/{u}/download" for u in WHOI_UUIDS
+    )
+    assert w.file_names() == tuple(f"{y}.zip" for y in range(2006, 2015))
+    assert (w.enrich.kind, w.enrich.lat, w.enrich.lon) == ("ifcb_dashboard", 41.325, -70.5667)
+    for cid in SEANOE_WRAPPER:  # the upstream split is in taxa.csv.gz, metadata in EcoTaxa
+        c = get(cid)
+        assert c.split.files == ("**/taxa.csv.gz",) and c.split.verified
+        assert c.enrich.kind == "ecotaxa"
+    assert get("zoocamnet").layout == ("ZooCamNet/imgs/<class>/*",)  # case-exact
+    assert get("flowcamnet").layout == ("FlowCamNet/imgs/<class>/*",)
+    assert not get("planktoscope").split.verified
     j = get("jedioceans")
     assert (j.metadata.kind, j.metadata.lat, j.metadata.lon, j.metadata.depth) == (
         "site",
@@ -260,16 +515,35 @@ def test_registry_has_the_15_collections_with_their_facts(shared_data):
         139.444779,
         20.0,
     )
-    assert j.archive == "zip-in-zip" and j.license == "CC-BY-SA-4.0"
     s = get("sykezooscan2024")
     assert s.download.kind == "fairdata" and s.download.size == 79_363_785
+    assert dl.FAIRDATA_URL == "https://etsin.fairdata.fi/api/download"
     assert get("whoi").license_note  # MIT is a code licence: flagged
-    assert get("planktonset1.0").instrument == "ISIIS-2"
-    assert get("zoolake").split.kind == "lists"
-    assert dict(get("lensless").split.dirs) == {"TRAIN_IMAGE": "train", "TEST_IMAGE": "test"}
-    assert get("zooscan").split.kind == "table"
     with pytest.raises(KeyError, match="unknown collection"):
         get("nope")
+
+
+def test_registry_refuses_download_names_that_collide():
+    from planktonzilla.sources.registry import _parse
+
+    raw = {
+        "id": "x",
+        "name": "x",
+        "instrument": "i",
+        "images": 1,
+        "license": "CC0-1.0",
+        "license_url": "https://x",
+        "citation": "c",
+        "doi": "d",
+        "reader": "folder",
+        "archive": "zip",
+        "layout": ["<class>/*"],
+        "download": {"kind": "http", "urls": ["https://h/a/download", "https://h/b/download"]},
+    }
+    with pytest.raises(ValueError, match="collide"):
+        _parse(raw)
+    raw["download"]["names"] = ["a.zip", "b.zip"]
+    assert _parse(raw).file_names() == ("a.zip", "b.zip")
 
 
 def test_ifcb_file_names_give_bin_time_and_roi():
@@ -330,18 +604,135 @@ def test_download_errors_are_clear_and_leave_no_file(site, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file, no .part
 
 
-def test_probe_falls_back_to_a_ranged_get_when_head_is_refused(site):
+@pytest.mark.parametrize("rule", ["head_405", "head_400", "head_404", "head_drop", "head_stall"])
+def test_probe_falls_back_to_a_ranged_get_whatever_head_does(site, rule):
+    """dbarchive refuses HEAD, darchive drops it, NCEI lets it time out: the one-byte GET is
+    the verdict (sources-verified.md)."""
     data = b"\x1f\x8b" + b"\0" * 12345
-    url = site.add("/nohead.tar.gz", data, "no_head")
-    p = dl.probe(url)
-    assert p.ok and p.size == len(data) and p.method == "GET bytes=0-0"
-    assert [m for m, path, _ in site.log if path == "/nohead.tar.gz"] == ["HEAD", "GET"]
-    assert site.log[-1][2]["Range"] == "bytes=0-0"
+    url = site.add(f"/{rule}.tar.gz", data, rule)
+    with dl.make_client(timeout=0.5) as client:
+        p = dl.probe(url, client=client)
+    assert p.ok and p.size == len(data) and p.method.startswith("GET bytes=0-0"), p
+    gets = [h for m, path, h in site.log if path == f"/{rule}.tar.gz" and m == "GET"]
+    assert gets[-1]["Range"] == "bytes=0-0"
+
+
+def test_probe_reports_what_really_fails(site):
+    data = b"\x1f\x8b" + b"\0" * 100
     assert dl.probe(site.add("/plain.zip", data)).size == len(data)
+    assert dl.probe(site.add("/plain.zip", data)).method == "HEAD"
     wall = dl.probe(site.add("/wall.zip", data, "html"))
     assert not wall.ok and "HTML" in wall.message
+    gone = dl.probe(site.base + "/missing.zip")
+    assert not gone.ok and gone.status == 404
     down = dl.probe("http://127.0.0.1:9/x.zip")
     assert not down.ok and "unreachable" in down.message
+
+
+def test_whoi_nine_download_urls_give_nine_archives_and_resume_a_truncated_one(
+    site, tmp_path, shared_data
+):
+    shots = whoi_images(shared_data, n=18)
+    urls, zips = [], {}
+    for k, (uid, year) in enumerate(zip(WHOI_UUIDS, range(2006, 2015), strict=True)):
+        members = {
+            f"{year}/{cls}/IFCB1_{year}_{100 + i:03d}_000000_{i + 1:05d}.png": b
+            for cls, i, b in shots[2 * k : 2 * k + 2]
+        }
+        zips[year] = make_zip(members)
+        rules = ("drop_once",) if k == 4 else ()  # the 2010 transfer breaks half-way
+        urls.append(site.add(f"/bitstreams/{uid}/download", zips[year], *rules))
+    c = with_urls(get("whoi"), *urls)
+    paths = fetch(c, tmp_path / "dl", **FAST)
+    assert [p.name for p in paths] == [f"{y}.zip" for y in range(2006, 2015)]
+    assert [p.read_bytes() for p in paths] == [zips[y] for y in range(2006, 2015)]
+    resumed = [h for m, p, h in site.log if p == f"/bitstreams/{WHOI_UUIDS[4]}/download"]
+    assert "Range" not in resumed[0] and resumed[1]["Range"].startswith("bytes=")
+
+    result = ingest_source(c, tmp_path / "store", from_path=paths, cache=tmp_path / "c")
+    assert result.ok and result.ingest.stored == 18
+    assert dict(result.counts.by_archive) == {str(y): 2 for y in range(2006, 2015)}
+    years = {r["time_utc"].year for r in objects(tmp_path / "store")}
+    assert years == set(range(2006, 2015))
+
+
+def test_a_missing_archive_is_a_loud_named_shortfall(pz, tmp_path, shared_data):
+    archive, _ = build_miniature("whoi", shared_data, tmp_path)
+    for year in range(2007, 2015):
+        (archive / f"{year}.zip").unlink()  # 1 year of 9: the failure this check prevents
+    env = {"PZ_CACHE": str(tmp_path / "cache")}
+    store = tmp_path / "store"
+    r = pz("ingest", "source", "whoi", "--store", store, "--from", archive, env=env)
+    assert r.exit_code == 0, r.output
+    assert "SHORT by 3,563,592" in r.output
+    assert "archives with no images: 2007, 2008" in r.output
+    r = pz("ingest", "source", "whoi", "--store", store, "--from", archive, "--strict", env=env)
+    assert r.exit_code == 1 and "SHORT by" in r.output
+
+
+def test_seanoe_split_shortfall_names_the_split(tmp_path, shared_data):
+    archive, want = build_miniature("zooscan", shared_data, tmp_path)
+    with tarfile.open(archive) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    gone = next(n for n in members if n.endswith("80000001.jpg"))  # a `valid` image
+    del members[gone]
+    archive.write_bytes(make_tar(members, "w"))
+    result = ingest_source("zooscan", tmp_path / "s", from_path=archive, cache=tmp_path / "c")
+    assert result.shortfall
+    assert "  split val: 1 of 2 listed in the split table" in result.count_lines()
+
+
+def test_fairdata_flow_as_recorded_for_sykezooscan2024(site, tmp_path, shared_data):
+    archive, want = build_miniature("sykezooscan2024", shared_data, tmp_path)
+    package = archive.read_bytes()
+    c = get("sykezooscan2024")
+    site.fd_packages[c.download.dataset] = (f"{c.download.dataset}_1.zip", package)
+    site.fd_drop_once = True  # the single-use URL dies mid-body: authorize again, resume
+    c = replace(c, download=replace(c.download, size=len(package)))
+    store = tmp_path / "store"
+    result = ingest_source(
+        c,
+        store,
+        cache=tmp_path / "cache",
+        fairdata_url=site.base + "/fd",
+        poll_interval=0.01,
+        **FAST,
+    )
+    assert result.ok and result.ingest.stored == want["n"]
+    routes = [(m, p) for m, p, _ in site.log]
+    assert routes[:3] == [
+        ("GET", "/fd/requests"),
+        ("POST", "/fd/requests"),
+        ("GET", "/fd/requests"),
+    ]
+    assert routes.count(("POST", "/fd/authorize")) == 2  # one URL per (re)start
+    downloads = [h for m, p, h in site.log if p == "/fd/download"]
+    assert "Range" not in downloads[0] and downloads[1]["Range"].startswith("bytes=")
+    assert {r["raw_label"] for r in objects(store)} == want["labels"]
+
+    site.fd_packages[c.download.dataset] = ("p.zip", package[:-1] + b"\0")  # checksum differs
+    site.fd_polls.clear()
+    with pytest.raises(dl.VerificationError):  # the registry's exact size is checked too
+        fetch(
+            "sykezooscan2024",
+            tmp_path / "dl2",
+            fairdata_url=site.base + "/fd",
+            poll_interval=0.01,
+            **FAST,
+        )
+
+
+def test_preflight_fails_on_a_fairdata_404_and_passes_the_right_root(pz, site, tmp_path):
+    c = get("sykezooscan2024")
+    site.fd_packages[c.download.dataset] = ("p.zip", b"PK")
+    args = ("sources", "check", "sykezooscan2024", "--dest", tmp_path)
+    r = pz(*args, "--fairdata-url", site.base + "/api/v1")  # the wrong root: 404 everywhere
+    assert r.exit_code == 1 and "FAIL  sykezooscan2024" in r.output and "404" in r.output
+    site.fd_polls[c.download.dataset] = 5
+    r = pz(*args, "--fairdata-url", site.base + "/fd")
+    assert r.exit_code == 0, r.output
+    assert "OK    sykezooscan2024  fairdata" in r.output and "SUCCESS" in r.output
+    assert ("GET", "/fd/requests") in [(m, p) for m, p, _ in site.log]
 
 
 # --- safe extraction --------------------------------------------------------------------------
@@ -417,7 +808,7 @@ def test_extract_limits_truncation_and_nesting(tmp_path):
     assert not (out / "CPICS_Validated/release1.zip").exists()
 
 
-# --- ingest: folders and archives -------------------------------------------------------------
+# --- ingest: folders, archives, tables ------------------------------------------------------
 
 
 def test_ingest_user_folder_as_planktonset_carries_licence_instrument_citation(
@@ -426,7 +817,7 @@ def test_ingest_user_folder_as_planktonset_carries_licence_instrument_citation(
     images = pick(shared_data, classes=3, per_class=4)
     store = tmp_path / "store"
     report = ingest_source("planktonset1.0", store, from_path=class_folder(tmp_path, images))
-    assert report.ok and report.stored == len(images) == 12
+    assert report.ok and report.ingest.stored == len(images) == 12
     rows = objects(store)
     c = get("planktonset1.0")
     assert {r["source"] for r in rows} == {"planktonset1.0"}
@@ -438,14 +829,14 @@ def test_ingest_user_folder_as_planktonset_carries_licence_instrument_citation(
     assert extra["citation"] == c.citation and extra["doi"] == "10.7289/v5d21vjd"
     assert rows[0]["origin"] == f"{images[0][0]}/{images[0][1].name}"
     again = ingest_source("planktonset1.0", store, from_path=class_folder(tmp_path, images))
-    assert again.read == 0 and again.skipped == 12  # resumable, no duplicates
+    assert again.ingest.read == 0 and again.ingest.skipped == 12  # resumable, no duplicates
 
 
 def test_full_isiis_ndsb_ingested_as_planktonset(tmp_path, shared_data):
     """The user's copy of the 30,336-image training half (about 20 s here)."""
     store = tmp_path / "store"
     report = ingest_source("planktonset1.0", store, from_path=shared_data / "isiis_ndsb")
-    assert report.ok and report.read == 30_336
+    assert report.ok and report.ingest.read == 30_336
     (row,) = objects(
         store,
         "SELECT count(*) AS n, count(DISTINCT raw_label) AS classes, "
@@ -453,7 +844,7 @@ def test_full_isiis_ndsb_ingested_as_planktonset(tmp_path, shared_data):
         "max(instrument) AS ins2, count(*) FILTER (WHERE json_extract_string(extra, "
         "'$.citation') LIKE 'Cowen%PlanktonSet 1.0%') AS cited FROM objects",
     )
-    assert row["n"] == report.stored and row["classes"] == 121 and row["cited"] == row["n"]
+    assert row["n"] == report.ingest.stored and row["classes"] == 121 and row["cited"] == row["n"]
     assert row["lic"] == row["lic2"] == "other" and row["ins"] == row["ins2"] == "ISIIS-2"
 
 
@@ -464,7 +855,9 @@ def test_ingest_downloads_resumes_and_extracts_the_archive_layout(site, tmp_path
     report = ingest_source(
         "planktonset1.0", store, mirror=site.base, cache=tmp_path / "cache", **FAST
     )
-    assert report.ok and report.stored == 10 and report.rejected == 0  # readme.txt: not a class
+    assert (
+        report.ok and report.ingest.stored == 10 and report.ingest.rejected == 0
+    )  # readme.txt: not a class
     rows = objects(store)
     # same origins as the user's class-folder copy: the layout prefix is not part of them
     assert {r["origin"] for r in rows} == {f"{c}/{p.name}" for c, p in images}
@@ -514,144 +907,54 @@ def test_wrong_layout_is_an_error_before_the_store(tmp_path, shared_data):
         fetch("lensless", tmp_path / "dl")
 
 
-def test_fairdata_flow_for_sykezooscan2024(site, tmp_path, shared_data):
-    images = pick(shared_data, classes=3, per_class=3, skip=10)
-    inner = make_zip({f"SYKE_ZooScan/{c}/{p.name}": p.read_bytes() for c, p in images})
-    package = make_zip({"sykezooscan2024/images.zip": inner, "sykezooscan2024/README": b"r"})
-    c = get("sykezooscan2024")
-    site.fd_packages[c.download.dataset] = ("dataset_package.zip", package)
-    site.fd_drop_once = True  # the single-use URL dies mid-body: authorize again, resume
-    c = replace(c, download=replace(c.download, size=len(package)))
-    store = tmp_path / "store"
-    report = ingest_source(
-        c,
-        store,
-        cache=tmp_path / "cache",
-        fairdata_url=site.base + "/fd",
-        poll_interval=0.01,
-        **FAST,
+def test_plan_resolves_the_layout_below_the_given_folder(tmp_path, shared_data):
+    images = pick(shared_data, classes=2, per_class=2, skip=50)
+    deep = tmp_path / "t" / "2.3/data/0-data/FINAL_Plankton_Segments_12082014"
+    for cls, p in images:
+        (deep / cls).mkdir(parents=True, exist_ok=True)
+        (deep / cls / p.name).write_bytes(p.read_bytes())
+    p = plan("planktonset1.0", tmp_path / "t")
+    assert [r.path for r in p.roots] == [deep]
+    p.tables.close()
+    assert prepare("planktonset1.0", from_path=tmp_path / "t") == tmp_path / "t"
+
+
+def test_jedi_inner_zip_links_are_refused_but_odd_modes_are_data(tmp_path, shared_data):
+    (cls, img), *_ = pick(shared_data, 1, 1, skip=90)
+    ok = make_zip(
+        {f"LClass_{cls}/{img.name}": img.read_bytes()},
+        {f"LClass_{cls}/{img.name}": 0o100600 | 0o7000},
     )
-    assert report.ok and report.stored == 9
-    routes = [(m, p) for m, p, _ in site.log]
-    assert routes[:3] == [
-        ("GET", "/fd/requests"),
-        ("POST", "/fd/requests"),
-        ("GET", "/fd/requests"),
-    ]
-    assert routes.count(("POST", "/fd/authorize")) == 2  # one token per (re)start
-    downloads = [h for m, p, h in site.log if p == "/fd/download"]
-    assert "Range" not in downloads[0] and downloads[1]["Range"].startswith("bytes=")
-    rows = objects(store)
-    assert {r["license"] for r in rows} == {"CC-BY-4.0"}
-    assert {r["raw_label"] for r in rows} == {cls for cls, _ in images}
-
-    with pytest.raises(dl.VerificationError):  # the real package size is checked
-        fetch("sykezooscan2024", tmp_path / "dl2", fairdata_url=site.base + "/fd",
-              poll_interval=0.01, **FAST)  # fmt: skip
+    (tmp_path / "ok.zip").write_bytes(make_zip({"CPICS_Validated/20141001-07.zip": ok}))
+    out = ex.extract(tmp_path / "ok.zip", tmp_path / "ok")
+    assert (out / f"CPICS_Validated/20141001-07/LClass_{cls}/{img.name}").is_file()
+    link = make_zip({"LClass_x/a.jpg": b"../../etc/passwd"}, {"LClass_x/a.jpg": 0o120777})
+    (tmp_path / "bad.zip").write_bytes(make_zip({"CPICS_Validated/20150301-07.zip": link}))
+    with pytest.raises(ex.UnsafeArchiveError, match="link"):
+        ex.extract(tmp_path / "bad.zip", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
-def test_jedioceans_nested_zips_keep_raw_labels_and_fixed_site(site, tmp_path, shared_data):
-    images = pick(shared_data, classes=2, per_class=3, skip=20)
-    rel = {
-        f"release{i}.zip": make_zip(
-            {f"Release{i}/LClass_{c}/{p.name}": p.read_bytes() for c, p in images[i::2]}
-        )
-        for i in (0, 1)
-    }
-    outer = make_zip({f"CPICS_Validated/{k}": v for k, v in rel.items()})
-    url = site.add("/jedi/CPICS_Validated.zip", outer)
-    store = tmp_path / "store"
-    c = with_urls(get("jedioceans"), url)
-    report = ingest_source(c, store, cache=tmp_path / "cache", **FAST)
-    assert report.ok and report.stored == 6
-    rows = objects(store)
-    assert {r["raw_label"] for r in rows} == {f"LClass_{cls}" for cls, _ in images}
-    assert {(r["lat"], r["lon"], r["depth_min"], r["depth_max"]) for r in rows} == {
-        (34.682718, 139.444779, 20.0, 20.0)
-    }
-    assert {r["license"] for r in rows} == {"CC-BY-SA-4.0"}
-    assert all(r["origin"].startswith("release") for r in rows)  # two roots: prefixed
-
-
-def test_upstream_splits_from_lists_folders_and_tables(tmp_path, shared_data):
-    images = pick(shared_data, classes=3, per_class=3, skip=30)
-    # zoolake: <class>/training_data/ images and train/val/test file lists
-    z = tmp_path / "zoolake"
-    lists = {"train": [], "val": [], "test": []}
-    for i, (cls, p) in enumerate(images):
-        d = z / "data/zooplankton_0p5x" / cls / "training_data"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / p.name).write_bytes(p.read_bytes())
-        lists[("train", "val", "test")[i % 3]].append(f"./data/zooplankton_0p5x/{cls}/{p.name}")
-    sep = z / "data/zoolake_train_test_val_separated"
-    sep.mkdir(parents=True)
-    for name, lines in lists.items():
-        (sep / f"{name}_filenames.txt").write_text("\n".join(lines) + "\n")
-    ingest_source("zoolake", tmp_path / "s1", from_path=z)
-    rows = objects(tmp_path / "s1")
-    assert {r["raw_label"] for r in rows} == {c for c, _ in images}  # not "training_data"
-    got = {Path(r["origin"]).name: json.loads(r["extra"])["upstream_split"] for r in rows}
-    want = {Path(f).name: s for s, fs in lists.items() for f in fs}
-    assert got == want and {r["license"] for r in rows} == {"CC0-1.0"}
-
-    # lensless: TRAIN_IMAGE/<class>, TEST_IMAGE/<class>, given as a zip the user downloaded
-    members = {}
-    for i, (cls, p) in enumerate(images):
-        part = "TRAIN_IMAGE" if i % 2 else "TEST_IMAGE"
-        members[f"PlanktonData/{part}/{cls}/{p.name}"] = p.read_bytes()
-    (tmp_path / "PlanktonData.zip").write_bytes(make_zip(members))
-    ingest_source(
-        "lensless", tmp_path / "s2", from_path=tmp_path / "PlanktonData.zip", cache=tmp_path / "c"
+def test_object_table_is_streamed_and_unknown_columns_are_kept_and_reported(tmp_path, shared_data):
+    archive, want = build_miniature("global_uvp5", shared_data, tmp_path)
+    with zipfile.ZipFile(archive / "120871.zip") as zf:
+        table = gzip.decompress(zf.read("objects.tsv.gz")).decode()
+    table += "uvp5_missing\tCopepoda\tacq_9\n"  # listed, no image: a rejection
+    (archive / "120871.zip").write_bytes(
+        make_zip({"objects.tsv.gz": gzip.compress(table.encode())})
     )
-    rows = objects(tmp_path / "s2")
-    assert len(rows) == len(images)
-    for r in rows:
-        split = json.loads(r["extra"])["upstream_split"]
-        assert split == ("train" if r["origin"].startswith("TRAIN_IMAGE") else "test")
-        assert r["raw_label"] in {c for c, _ in images}
-
-    # SEANOE: ZooScanNet/imgs/<class>/<objid>.jpg and a 70/15/15 split table
-    zs = tmp_path / "zooscan"
-    rows_out = [("objid", "set")]
-    for i, (cls, p) in enumerate(images):
-        d = zs / "ZooScanNet/imgs" / cls
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{1000 + i}.jpg").write_bytes(p.read_bytes())
-        rows_out.append((str(1000 + i), ("train", "valid", "test")[i % 3]))
-    with gzip.open(zs / "ZooScanNet/splits.csv.gz", "wt", newline="") as fh:
-        csv.writer(fh).writerows(rows_out)
-    (zs / "ZooScanNet/features_native.csv").write_text("objid,area\n1000,3\n")
-    report = ingest_source("zooscan", tmp_path / "s3", from_path=zs)
-    assert report.ok and report.rejected == 0
-    rows = objects(tmp_path / "s3")
-    want = {f"{1000 + i}": ("train", "val", "test")[i % 3] for i in range(len(images))}
-    assert {r["source_object_id"]: json.loads(r["extra"])["upstream_split"] for r in rows} == want
-    assert {r["license"] for r in rows} == {"CC-BY-NC-4.0"}
+    result = ingest_source("global_uvp5", tmp_path / "s", from_path=archive, cache=tmp_path / "c")
+    assert result.ok and result.ingest.stored == 6 and result.ingest.reasons["missing_file"] == 1
+    (warning,) = result.warnings
+    assert "no column for lat, lon, depth_min, date, sample_id" in warning
+    assert "columns found: object_id, taxon, acq_id" in warning
+    rows = objects(tmp_path / "s")
+    assert {r["raw_label"] for r in rows} == want["labels"]
+    assert {json.loads(r["extra"])["object_table"]["acq_id"] for r in rows} == {"acq_0", "acq_1"}
 
 
-def test_ifcb_collection_gets_bin_and_time_from_file_names(tmp_path, shared_data):
-    src = shared_data / "ifcb_whoi"
-    labels = {}
-    with open(src / "labels.csv") as fh:
-        for row in csv.DictReader(fh):
-            labels.setdefault(row["class"], []).append(row["file"])
-    year = tmp_path / "whoi" / "2013"
-    chosen = [(c, f) for c in sorted(labels)[:4] for f in labels[c][:2]]
-    for cls, f in chosen:
-        (year / cls).mkdir(parents=True, exist_ok=True)
-        (year / cls / f).write_bytes((src / "images" / f).read_bytes())
-    report = ingest_source("whoi", tmp_path / "store", from_path=tmp_path / "whoi")
-    assert report.ok and report.stored == len(chosen)
-    for r in objects(tmp_path / "store"):
-        bin_id, when, roi = ifcb_name(Path(r["origin"]).stem)
-        assert r["sample_id"] == bin_id and r["time_utc"] == when
-        assert json.loads(r["extra"])["roi_number"] == roi
-        assert r["instrument"] == "IFCB" and r["license"] == "MIT"
-        assert "licence" in json.loads(r["extra"])["license_note"]
-
-
-def test_object_table_gives_labels_and_metadata_in_bulk(tmp_path, shared_data):
-    images = pick(shared_data, classes=2, per_class=3, skip=40)
+def test_object_table_gives_metadata_when_its_columns_are_there(tmp_path, shared_data):
+    images = pick(shared_data, classes=2, per_class=3, skip=100)
     tree = tmp_path / "uvp5"
     table = ["object_id\ttaxon\tsample_id\tlat\tlon\tdepth_min\tdepth_max\tdate\ttime"]
     for i, (cls, p) in enumerate(images):
@@ -661,50 +964,17 @@ def test_object_table_gives_labels_and_metadata_in_bulk(tmp_path, shared_data):
         table.append(
             f"obj{i}\t{cls}\tprofile{i % 2}\t-12.5\t45.25\t{i}.0\t{i + 1}.0\t20150602\t130500"
         )
-    table.append("obj_missing\tCopepoda\tprofile9\t0\t0\t0\t1\t20150602\t000000")
     (tree / "120871").mkdir()
-    with gzip.open(tree / "120871/objects.tsv.gz", "wt") as fh:
-        fh.write("\n".join(table) + "\n")
-    report = ingest_source("global_uvp5", tmp_path / "store", from_path=tree)
-    assert report.ok and report.stored == 6 and report.rejected == 1
-    assert report.reasons["missing_file"] == 1
-    rows = objects(tmp_path / "store")
-    by_id = {r["source_object_id"]: r for r in rows}
-    r = by_id["obj3"]
+    (tree / "120871/objects.tsv.gz").write_bytes(gzip.compress(("\n".join(table) + "\n").encode()))
+    result = ingest_source("global_uvp5", tmp_path / "store", from_path=tree)
+    assert result.ok and result.ingest.stored == 6 and not result.warnings
+    r = {r["source_object_id"]: r for r in objects(tmp_path / "store")}["obj3"]
     assert r["raw_label"] == images[3][0] and r["sample_id"] == "profile1"
     assert (r["lat"], r["lon"], r["depth_min"], r["depth_max"]) == (-12.5, 45.25, 3.0, 4.0)
     assert r["time_utc"].isoformat() == "2015-06-02T13:05:00+00:00"
 
 
-def test_plan_resolves_the_layout_below_the_given_folder(tmp_path, shared_data):
-    images = pick(shared_data, classes=2, per_class=2, skip=50)
-    deep = tmp_path / "t" / "2.3/data/0-data/FINAL_Plankton_Segments_12082014"
-    for cls, p in images:
-        (deep / cls).mkdir(parents=True, exist_ok=True)
-        (deep / cls / p.name).write_bytes(p.read_bytes())
-    p = plan("planktonset1.0", tmp_path / "t")
-    assert [r.path for r in p.roots] == [deep]
-    assert prepare("planktonset1.0", from_path=tmp_path / "t") == tmp_path / "t"
-
-
 # --- command line --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pz():
-    from planktonzilla.cli import sources
-
-    app = typer.Typer()
-    ingest_app = typer.Typer()  # a fresh one: the real `pz ingest` is wired by cli/__init__
-    app.add_typer(ingest_app, name="ingest")
-    app.add_typer(sources.app, name="sources")
-    sources.register(app, ingest_app)
-    runner = CliRunner()
-
-    def run(*args, env=None):
-        return runner.invoke(app, [str(a) for a in args], env=env)
-
-    return run
 
 
 def test_cli_list_show_and_check(pz, site, tmp_path, shared_data):
@@ -715,8 +985,18 @@ def test_cli_list_show_and_check(pz, site, tmp_path, shared_data):
     assert pz("sources", "show", "nope").exit_code == 2
 
     data = planktonset_archive(pick(shared_data, 1, 2))
-    site.add("/planktonset1.0/127422.2.3.tar.gz", data, "no_head")
-    r = pz("sources", "check", "planktonset1.0", "--mirror", site.base, "--dest", tmp_path)
+    site.add("/planktonset1.0/127422.2.3.tar.gz", data, "head_stall")
+    r = pz(
+        "sources",
+        "check",
+        "planktonset1.0",
+        "--mirror",
+        site.base,
+        "--dest",
+        tmp_path,
+        "--timeout",
+        "0.5",
+    )
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
     assert lines[0].startswith("OK") and "kB" in lines[0]
@@ -725,8 +1005,21 @@ def test_cli_list_show_and_check(pz, site, tmp_path, shared_data):
     site.add("/zooscan/113141.tar", data, "403")
     r = pz("sources", "check", "zooscan", "planktonset1.0", "--mirror", site.base)
     assert r.exit_code == 1 and "FAIL  zooscan" in r.output and "403" in r.output
+    assert "upstream split from table (verified)" in r.output
+    assert "`pz enrich zooscan` fetches depth, lat, lon, time from EcoTaxa" in r.output
     r = pz("sources", "check", "lensless", "--dest", tmp_path)
     assert r.exit_code == 1 and "manual" in r.output
+
+
+def test_build_dry_run_says_what_is_fetched_and_missing(pz, tmp_path):
+    r = pz("build", "--sources", "all", "--dry-run", "--store", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "whoi: download (http)" in out and "9 file(s): 2006.zip" in out
+    assert "fetches depth, lat, lon from the IFCB dashboard (offline: fixed site stamped)" in out
+    assert "jedioceans: download" in out and "metadata in the archive: lat, lon, depth" in out
+    assert "upstream split from table (NOT verified to exist)" in out  # planktoscope
+    assert "medplanktonset" in out and "metadata missing: lat, lon, depth" in out
 
 
 def test_cli_fetch_ingest_source_and_build(pz, site, tmp_path, shared_data):
@@ -744,18 +1037,56 @@ def test_cli_fetch_ingest_source_and_build(pz, site, tmp_path, shared_data):
     assert objects(store, "SELECT count(*) AS n FROM objects")[0]["n"] == 4
 
     site.add("/zooscan/113141.tar", b"", "html")
-    r = pz("ingest", "source", "zooscan", "--store", tmp_path / "s2", "--mirror", site.base,
-           "--retries", 0, env=env)  # fmt: skip
+    r = pz(
+        "ingest",
+        "source",
+        "zooscan",
+        "--store",
+        tmp_path / "s2",
+        "--mirror",
+        site.base,
+        "--retries",
+        0,
+        env=env,
+    )
     assert r.exit_code == 1 and not (tmp_path / "s2").exists()
 
     # build: one collection from a copy in --from-dir, one whose copy is missing (manual)
     copies = tmp_path / "copies"
     copies.mkdir()
     (copies / "127422.2.3.tar.gz").write_bytes(planktonset_archive(images))
-    r = pz("build", "--sources", "planktonset1.0,lensless", "--store", tmp_path / "b",
-           "--from-dir", copies, env=env)  # fmt: skip
+    r = pz(
+        "build",
+        "--sources",
+        "planktonset1.0,lensless",
+        "--store",
+        tmp_path / "b",
+        "--from-dir",
+        copies,
+        env=env,
+    )
     assert r.exit_code == 1 and "lensless" in r.output
     assert objects(tmp_path / "b", "SELECT count(*) AS n FROM objects")[0]["n"] == 4
-    r = pz("build", "--sources", "planktonset1.0", "--store", tmp_path / "b",
-           "--from-dir", copies, env=env)  # fmt: skip
+    r = pz(
+        "build",
+        "--sources",
+        "planktonset1.0",
+        "--store",
+        tmp_path / "b",
+        "--from-dir",
+        copies,
+        env=env,
+    )
     assert r.exit_code == 0, r.output
+    r = pz(
+        "build",
+        "--sources",
+        "planktonset1.0",
+        "--store",
+        tmp_path / "b",
+        "--from-dir",
+        copies,
+        "--strict",
+        env=env,
+    )
+    assert r.exit_code == 1 and "SHORT by 60,732" in r.output

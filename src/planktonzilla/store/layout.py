@@ -8,6 +8,8 @@ parses `manifest.json`:
       rejected/<source>/part-NNNNN.parquet  inputs not stored, with their reasons
       taxonomy/<source>.parquet             lineages of a user's own labels (joined at read time)
       splits/<name>.parquet                 object id -> train / val / test
+      metadata/<source>.parquet             object id -> lat/lon/depth/time fetched after ingest
+                                            (`pz enrich`; joined at read time, shard wins)
       evaluations/<run>/                    results.json, report.md, report.html
       cache/<kind>/<key>/                   derived data (e.g. cached features)
 """
@@ -84,6 +86,14 @@ class StoreLayout:
 
     def split(self, name: str) -> Path:
         return self.splits / f"{name}.parquet"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata"
+
+    def source_metadata(self, source: str) -> Path:
+        """`metadata/<source>.parquet`: one row per object_id (the content hash)."""
+        return self.metadata / f"{source}.parquet"
 
     @property
     def evaluations(self) -> Path:

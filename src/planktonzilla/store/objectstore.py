@@ -294,13 +294,14 @@ class ObjectStore:
         con.register("_taxonomy", self.taxonomy())
         con.execute("CREATE VIEW taxonomy AS SELECT * FROM _taxonomy")
         lineage = ", ".join(f'NULLIF(t."{c}", \'\') AS "{c}"' for c in _LINEAGE_TEXT)
+        _metadata_view(con, self.layout)
         con.execute(
             "CREATE VIEW objects AS SELECT o.*, "
             + lineage
             + ", NULLIF(t.name, '') AS taxon, NULLIF(t.rank, '') AS taxon_rank, t.aphia_id,"
             " NULLIF(t.root_class, '') AS root_class, t.plankton,"
             " NULLIF(t.qualifier, '') AS qualifier, t.status AS taxonomy_status"
-            " FROM objects_raw o LEFT JOIN taxonomy t"
+            " FROM objects_enriched o LEFT JOIN taxonomy t"
             " ON t.source = o.source AND t.raw_label = o.raw_label"
         )
         # splits/<scheme>.parquet (planktonzilla.data.splits), joined at read time
@@ -669,6 +670,25 @@ class ObjectStore:
             "sources": dict(sorted(sources.items())),
         }
         atomic_write(self.layout.manifest, json.dumps(manifest, indent=1))
+
+
+#: The shard columns a `metadata/<source>.parquet` table may fill (`pz enrich`).
+ENRICHED_COLUMNS = ("lat", "lon", "depth_min", "depth_max", "time_utc")
+
+
+def _metadata_view(con, layout: StoreLayout) -> None:
+    """`objects_enriched`: `objects_raw` with its empty lat/lon/depth/time filled from the
+    per-source metadata tables (keyed by object_id); a value in the shard always wins."""
+    files = sorted(str(p) for p in layout.metadata.glob("*.parquet"))
+    if not files:
+        con.execute("CREATE VIEW objects_enriched AS SELECT * FROM objects_raw")
+        return
+    filled = ", ".join(f"COALESCE(o.{c}, m.{c}) AS {c}" for c in ENRICHED_COLUMNS)
+    con.execute(
+        f"CREATE VIEW objects_enriched AS SELECT o.* REPLACE ({filled}) FROM objects_raw o"
+        f" LEFT JOIN (SELECT object_id, {', '.join(ENRICHED_COLUMNS)}"
+        f" FROM read_parquet({_sql_list(files)}, union_by_name = true)) m USING (object_id)"
+    )
 
 
 def _sql_list(paths: list[str]) -> str:
