@@ -30,10 +30,12 @@ class Request(BaseHTTPRequestHandler):
         self.send(code, json.dumps(obj).encode(), "application/json", headers)
 
     def body_json(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(n) or b"null")
+        return json.loads(self.body or b"null")
 
     def _dispatch(self):
+        # read the body first: an answer that ignores it must not leave it on a kept-alive
+        # connection, where it would be parsed as the next request
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         type(self).handle_fn(self)
 
     do_GET = do_HEAD = do_POST = _dispatch

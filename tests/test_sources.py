@@ -348,9 +348,14 @@ def _jedioceans(images, tmp):
     return path, {"labels": {f"LClass_{c}" for c, _ in images}}
 
 
-def _folder_zip(prefix, name):
+def _ifcb_zip(prefix, name, instrument):
+    """Class folders of PNG ROIs named as IFCB names them (D<yyyymmdd>T<hhmmss>_IFCB<n>_<roi>)."""
+
     def build(images, tmp):
-        members = {f"{prefix}{c}/{p.name}": p.read_bytes() for c, p in images}
+        members = {
+            f"{prefix}{c}/D20190501T1{i:01d}0000_{instrument}_{i + 1:05d}.png": png(p)
+            for i, (c, p) in enumerate(images)
+        }
         path = tmp / name
         path.write_bytes(make_zip(members))
         return path, {"labels": {c for c, _ in images}}
@@ -404,8 +409,8 @@ MINIATURES = {
     "jedioceans": _jedioceans,
     **{cid: _seanoe(cid) for cid in SEANOE_WRAPPER},
     "planktoscope": _planktoscope,
-    "medplanktonset": _folder_zip("IFCB_images/", "IFCB_images.zip"),
-    "syke_ifcb_2022": _folder_zip("labeled_20201020/", "phytoplankton_labeled.zip"),
+    "medplanktonset": _ifcb_zip("IFCB_images/", "IFCB_images.zip", "IFCB145"),
+    "syke_ifcb_2022": _ifcb_zip("labeled_20201020/", "phytoplankton_labeled.zip", "IFCB114"),
     "planktonset1.0": _planktonset,
     "sykezooscan2024": _sykezooscan,
     "zoolake": _zoolake,
@@ -455,6 +460,11 @@ def test_each_collection_ingests_from_its_real_shape(cid, pz, tmp_path, shared_d
     assert {(r["license"], r["license_url"], r["instrument"]) for r in rows} == {
         (c.license, c.license_url, c.instrument)
     }
+    if c.metadata.kind == "site":
+        m = c.metadata
+        assert {(r["lat"], r["lon"], r["depth_min"]) for r in rows} == {(m.lat, m.lon, m.depth)}
+    if c.metadata.kind == "ifcb_name":
+        assert all(r["sample_id"] and r["time_utc"] for r in rows)
     got = {r["source_object_id"]: json.loads(r["extra"]).get("upstream_split") for r in rows}
     if "split" not in want:
         assert set(got.values()) == {None}

@@ -264,6 +264,7 @@ def fetch_cmd(
             retries=retries,
         )
         p = plan(c, tree)
+        p.tables.close()
     except _errors() as exc:
         console.print(f"[red]{c.id}: {exc}[/red]")
         raise typer.Exit(1) from None

@@ -271,6 +271,7 @@ def enrich(
                 _stamp_site(c, cache, keys)
                 report.skipped += "; the fixed site is stamped (metadata_source=fixed_site)"
             return _finish(store, c, report, cache)
+        projects = tuple(projects) or c.enrich.projects
         with make_client(timeout=timeout, connect_timeout=min(timeout, 10.0)) as http:
             api = JsonClient(http, rate=rate, retries=retries, backoff=backoff)
             try:

@@ -67,6 +67,7 @@ class Enrich:
     lat: float | None = None  # ifcb_dashboard: the fixed site, stamped when offline
     lon: float | None = None
     depth: float | None = None
+    projects: tuple[int, ...] = ()  # ecotaxa: the source projects, when known
 
 
 @dataclass(frozen=True)
