@@ -160,8 +160,10 @@ class _Cache:
                 self.db.execute("INSERT OR REPLACE INTO pages VALUES (?, ?, ?)", page)
 
     def known(self) -> set[str]:
+        """Keys the service answered (a stamped fixed site is asked again next time)."""
         with self.lock:
-            return {k for (k,) in self.db.execute("SELECT key FROM answers")}
+            rows = self.db.execute("SELECT key FROM answers WHERE origin != 'fixed_site'")
+            return {k for (k,) in rows}
 
     def pages(self, project: str) -> dict[int, int]:
         with self.lock:
@@ -311,6 +313,8 @@ def _store_keys(store: ObjectStore, c: Collection) -> dict[str, int]:
 def _stamp_site(c: Collection, cache: _Cache, keys: dict[str, int]) -> None:
     """The fixed site for every key without an answer, marked `fixed_site`."""
     e = c.enrich
+    with cache.lock, cache.db:
+        cache.db.execute("DELETE FROM answers WHERE origin = 'fixed_site'")
     todo = set(keys) - cache.known()
     cache.put((k, 1, e.lat, e.lon, e.depth, e.depth, None, "fixed_site") for k in sorted(todo))
 

@@ -344,7 +344,7 @@ def _key(value: str) -> str:
 def _sql_key(column: str) -> str:
     """`_key` in DuckDB SQL, so tables are keyed without a Python loop over their rows."""
     return (
-        f"regexp_replace(regexp_replace(replace(\"{column}\", '\\\\', '/'), '^.*/', ''),"
+        f"regexp_replace(regexp_replace(replace({_q(column)}, '\\\\', '/'), '^.*/', ''),"
         f" '{_IMAGE_EXT_RE}', '', 'i')"
     )
 
@@ -564,7 +564,7 @@ def ifcb_name(stem: str) -> tuple[str, datetime, int] | None:
 
 # --- records --------------------------------------------------------------------------------
 
-_BATCH = 5000
+_BATCH = 50_000  # a batch lookup scans the table once (~0.8 s for 7.4 M rows)
 
 
 @dataclass
