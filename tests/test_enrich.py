@@ -24,6 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from _loopback import serve
+from planktonzilla.exceptions import SourceError
 from planktonzilla.sources.enrich import ECOTAXA_FIELDS, enrich
 from planktonzilla.sources.ingest import ingest_source
 from planktonzilla.store import ObjectStore
@@ -204,6 +205,11 @@ def test_per_object_endpoint_when_the_project_is_unknown(ecotaxa, tmp_path, shar
     assert any("lat: empty for 1 of 6 objects" in line for line in report.lines())
     again = enrich("zooscan", ObjectStore(store), ecotaxa_url=ecotaxa.base, **FAST)
     assert again.requests == 0 and again.from_cache == 6  # a 404 is an answer, cached
+
+
+def test_enrich_needs_the_source_in_the_store(tmp_path):
+    with pytest.raises(SourceError, match="ingest it first"):
+        enrich("zooscan", ObjectStore(tmp_path / "empty"))
 
 
 def test_a_service_that_keeps_failing_is_reported_not_fatal(tmp_path, shared_data):

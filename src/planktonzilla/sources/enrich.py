@@ -258,6 +258,8 @@ def enrich(
     from planktonzilla.sources.download import make_client
 
     c = get(c) if isinstance(c, str) else c
+    if c.id not in store.manifest()["sources"]:
+        raise SourceError(f"{c.id} is not in the store at {store.path}: ingest it first")
     report = EnrichReport(c.id)
     if c.enrich is None:
         report.mode, report.skipped = "no metadata service", "nothing to fetch for this collection"

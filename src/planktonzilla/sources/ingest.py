@@ -371,10 +371,14 @@ class Tables:
         self._dir = tempfile.TemporaryDirectory(prefix="pz-tables-")
         self.con = duckdb.connect(str(Path(self._dir.name) / "tables.duckdb"))
         self.con.execute("SET preserve_insertion_order = false")
-        if c.split and c.split.kind in ("lists", "table"):
-            self._load_split(tree)
-        if c.metadata.kind == "table":
-            self._load_objects(tree)
+        try:
+            if c.split and c.split.kind in ("lists", "table"):
+                self._load_split(tree)
+            if c.metadata.kind == "table":
+                self._load_objects(tree)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self.con.close()
