@@ -21,7 +21,6 @@ from planktonzilla.store import ObjectStore
 from planktonzilla.synthetic import synthetic_records
 from planktonzilla.train.loop import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "image_size": 32,
     "batch_size": 16,

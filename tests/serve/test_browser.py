@@ -19,7 +19,7 @@ import pytest
 
 from planktonzilla.images import probe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 LINEAGES = [
     {"kingdom": "Animalia", "phylum": "Arthropoda", "class": "Copepoda", "name": "Copepoda",
