@@ -19,6 +19,8 @@ import pytest
 
 from planktonzilla.images import probe
 
+pytestmark = pytest.mark.browser
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 LINEAGES = [
