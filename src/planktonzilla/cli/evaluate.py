@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import DEVICE_OPTION, console
+from planktonzilla.cli._common import DEVICE_OPTION, console, fail
 
 PROTOCOL_HELP = (
     "supervised, zero-shot, few-shot, linear-probe, cross-source (comma-separated or repeated); "
@@ -86,8 +86,7 @@ def evaluate(
         else:
             runs = [run(models[0], store, split, out=out, **options)]
     except (ValueError, FileNotFoundError, TypeError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     for r in runs:
         _print_run(r)
     where = Path(runs[0]["store"]["path"])
@@ -169,8 +168,7 @@ def calibrate(
             device=device,
         )
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     ranks = ", ".join(f"{r} {p:.2f}" for r, p in t["rank"].items())
     console.print(f"thresholds on {t['calibrated_on']['images']} {side} images: {ranks}")
     console.print(f"OOD (energy) threshold {t['ood']:.3f}; written to {model}/calibration.json")

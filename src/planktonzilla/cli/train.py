@@ -33,6 +33,9 @@ def train(
     backbone: str = typer.Option(None, help="vit_tiny|vit_small|vit_base or any timm model."),
     pretrained: str = typer.Option(None, help="Initial backbone weights: a file, or 'timm'."),
     image_size: int = typer.Option(None, "--image-size", min=8),
+    fill: str = typer.Option(
+        None, "--fill", help="Padding: auto (one level from the data; default) | border | 0-255."
+    ),
     epochs: int = typer.Option(None, min=1),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Global batch size."),
     lr: float = typer.Option(None, "--lr"),
@@ -75,6 +78,7 @@ def train(
         "backbone": backbone,
         "pretrained": pretrained,
         "image_size": image_size,
+        "fill": int(fill) if fill and fill.isdigit() else fill,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
