@@ -220,6 +220,7 @@ def test_a_service_that_keeps_failing_is_reported_not_fatal(tmp_path, shared_dat
     assert not (store / "metadata/zooscan.parquet").exists()
 
 
+@pytest.mark.slow  # a real subprocess (about 5 s)
 def test_sigkill_mid_way_resumes_without_refetching(ecotaxa, tmp_path, shared_data):
     store = zooscan_store(tmp_path, shared_data, OBJIDS)
     ecotaxa.block_at = 3000  # the killed run gets pages 0, 1000 and 2000
