@@ -203,7 +203,7 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def _ecotaxa_row(key: str, lat, lon, dmin, dmax, date, tm) -> tuple:
-    when = _when(str(date).replace("-", "") if date else None, str(tm) if tm else None)
+    when = _when(str(date) if date else None, str(tm) if tm else None)
     return (key, 1, _float(lat), _float(lon), _float(dmin), _float(dmax), _iso(when), "ecotaxa")
 
 
