@@ -89,6 +89,16 @@ class Site:
             return req.send(200, page, "text/html; charset=utf-8")
         if "html_sniff" in rules:  # lies about its type
             return req.send(200, b"\n  <!doctype html><html>login</html>")
+        if "cut_once" in rules and req.command == "GET":  # no length: looks complete
+            rules.discard("cut_once")
+            req.send_response(200)
+            req.send_header("Content-Type", "application/octet-stream")
+            req.send_header("Connection", "close")
+            req.end_headers()
+            req.wfile.write(data[: len(data) // 2])
+            req.wfile.flush()
+            req.close_connection = True
+            return req.connection.shutdown(socket.SHUT_RDWR)
         drop = "drop_once" in rules and req.command == "GET"
         if drop:
             rules.discard("drop_once")
@@ -664,6 +674,23 @@ def test_whoi_nine_download_urls_give_nine_archives_and_resume_a_truncated_one(
     assert dict(result.counts.by_archive) == {str(y): 2 for y in range(2006, 2015)}
     years = {r["time_utc"].year for r in objects(tmp_path / "store")}
     assert years == set(range(2006, 2015))
+
+
+def test_an_archive_cut_short_without_a_length_is_detected_and_resumed(site, tmp_path, shared_data):
+    shots = whoi_images(shared_data, n=18)
+    urls = []
+    for k, (uid, year) in enumerate(zip(WHOI_UUIDS, range(2006, 2015), strict=True)):
+        members = {
+            f"{cls}/IFCB1_{year}_{100 + i:03d}_000000_{i + 1:05d}.png": b
+            for cls, i, b in shots[2 * k : 2 * k + 2]
+        }
+        rules = ("cut_once",) if year == 2012 else ()
+        urls.append(site.add(f"/bitstreams/{uid}/download", make_zip(members), *rules))
+    c = with_urls(get("whoi"), *urls)
+    result = ingest_source(c, tmp_path / "store", cache=tmp_path / "c", **FAST)
+    assert result.ok and result.ingest.stored == 18 and result.counts.by_archive["2012"] == 2
+    again = [h for m, p, h in site.log if p == f"/bitstreams/{WHOI_UUIDS[6]}/download"]
+    assert len(again) == 2 and again[1]["Range"].startswith("bytes=")  # resumed, not restarted
 
 
 def test_a_missing_archive_is_a_loud_named_shortfall(pz, tmp_path, shared_data):

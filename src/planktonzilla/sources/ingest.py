@@ -179,17 +179,33 @@ def prepare(
         if archives and (own or not _resolve_roots(c, from_path)):
             return extract_all(archives, base / "extracted", **limits)
         return from_path
-    archives = fetch(
-        c,
-        base / "downloads",
-        mirror=mirror,
-        client=client,
-        fairdata_url=fairdata_url,
-        retries=retries,
-        backoff=backoff,
-        poll_interval=poll_interval,
-    )
-    return extract_all(archives, base / "extracted", **limits)
+    from planktonzilla.exceptions import ExtractError, UnsafeArchiveError
+
+    def download() -> list[Path]:
+        return fetch(
+            c,
+            base / "downloads",
+            mirror=mirror,
+            client=client,
+            fairdata_url=fairdata_url,
+            retries=retries,
+            backoff=backoff,
+            poll_interval=poll_interval,
+        )
+
+    archives = download()
+    for archive in archives:
+        try:
+            extract_all([archive], base / "extracted", **limits)
+        except UnsafeArchiveError:
+            raise
+        except ExtractError:
+            # A body cut short by a host that sent no length looks complete until it is read:
+            # hand it back to the downloader as a partial file, which resumes it (once).
+            archive.rename(archive.with_name(archive.name + ".part"))
+            download()
+            extract_all([archive], base / "extracted", **limits)
+    return base / "extracted"
 
 
 # --- layout rules ---------------------------------------------------------------------------
