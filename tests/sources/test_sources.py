@@ -465,6 +465,11 @@ def test_each_collection_ingests_from_its_real_shape(cid, pz, tmp_path, shared_d
     assert "SHORT by" in r.output  # a miniature is far below the expected count: said loudly
     c = get(cid)
     rows = objects(store)
+    columns = {"lat": "lat", "lon": "lon", "depth": "depth_min", "time": "time_utc"}
+    gaps = ", ".join(
+        f"{k} {n}" for k, col in columns.items() if (n := sum(row[col] is None for row in rows))
+    )
+    assert (f"empty: {gaps}" in r.output) == bool(gaps), r.output  # every empty field is said
     assert len(rows) == want["n"]
     assert {r["raw_label"] for r in rows} == want["labels"]
     assert {(r["license"], r["license_url"], r["instrument"]) for r in rows} == {

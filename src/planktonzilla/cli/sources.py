@@ -334,6 +334,8 @@ def _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, worke
     for i, text in enumerate(result.count_lines()):
         flag = "WARNING " if result.shortfall and not i else ""
         console.print(f"[{style}]{flag}{text}[/{style}]", soft_wrap=True)
+    for text in result.empty_lines():
+        console.print(text, soft_wrap=True)
     if c.enrich is not None:
         console.print(
             f"{c.id}: lat/lon/depth/time are not in the archive: `pz enrich {c.id}`",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planktonzilla.exceptions import SourceError
-from planktonzilla.sources.ingest import _float, _when
+from planktonzilla.sources.ingest import _float, _when, empty_fields
 from planktonzilla.sources.registry import Collection, get
 
 if TYPE_CHECKING:
@@ -58,8 +58,6 @@ ECOTAXA_FIELDS = (
     "obj.objtime",
     "obj.orig_id",
 )
-#: The fields a build reports on, as store columns.
-REPORTED = {"lat": "lat", "lon": "lon", "depth": "depth_min", "time": "time_utc"}
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ANSWER = ("lat", "lon", "depth_min", "depth_max", "time_utc")
 
@@ -439,13 +437,5 @@ def _finish(store: ObjectStore, c: Collection, report: EnrichReport, cache) -> E
                 )
         finally:
             con.close()
-    row = store.query(
-        "SELECT count(*) AS n, "
-        + ", ".join(
-            f"count(*) FILTER (WHERE {col} IS NULL) AS {name}" for name, col in REPORTED.items()
-        )
-        + f" FROM objects WHERE source = '{c.id}'"
-    ).to_pylist()[0]
-    report.objects = row.pop("n")
-    report.empty = row
+    report.objects, report.empty = empty_fields(store, c.id)
     return report

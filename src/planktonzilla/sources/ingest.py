@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
     from planktonzilla.records import Record, Rejection
-    from planktonzilla.store import IngestReport
+    from planktonzilla.store import IngestReport, ObjectStore
 
 ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
@@ -752,6 +752,21 @@ def _table_items(root: Path) -> Iterator[Record]:
             yield Record(origin=str(rel), image=FileBytes(path), source_object_id=_key(rel.name))
 
 
+#: The metadata fields a build reports on, as store columns.
+REPORTED = {"lat": "lat", "lon": "lon", "depth": "depth_min", "time": "time_utc"}
+
+
+def empty_fields(store: ObjectStore, source: str) -> tuple[int, dict[str, int]]:
+    """(objects of `source`, {field: objects without it}) in the store's `objects` view (so
+    with what `pz enrich` fetched)."""
+    counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {n}" for n, c in REPORTED.items())
+    quoted = source.replace("'", "''")
+    row = store.query(
+        f"SELECT count(*) AS n, {counts} FROM objects WHERE source = '{quoted}'"
+    ).to_pylist()[0]
+    return row.pop("n"), row
+
+
 @dataclass
 class SourceReport:
     """One collection's ingest: the store's report, what the plan warned about, and the count
@@ -762,6 +777,7 @@ class SourceReport:
     warnings: list[str]
     stored_total: int
     rejected_total: int
+    empty: dict[str, int] = field(default_factory=dict)  # field -> stored objects without it
 
     @property
     def ok(self) -> bool:
@@ -798,6 +814,13 @@ class SourceReport:
                 lines.append(f"  split {split}: {got:,} of {want:,} listed in the split table")
         return lines
 
+    def empty_lines(self) -> list[str]:
+        """One line naming the metadata fields left empty, with how many objects lack each."""
+        gaps = [f"{k} {v:,}" for k, v in self.empty.items() if v]
+        if not gaps:
+            return []
+        return [f"{self.ingest.source}: of {self.stored_total:,} stored, empty: {', '.join(gaps)}"]
+
 
 def ingest_source(
     c: Collection | str,
@@ -829,8 +852,9 @@ def ingest_source(
         progress=progress,
     )
     entry = store.manifest()["sources"].get(c.id, {})
+    _, empty = empty_fields(store, c.id)
     return SourceReport(
-        report, p.counts, p.warnings, entry.get("objects", 0), entry.get("rejected", 0)
+        report, p.counts, p.warnings, entry.get("objects", 0), entry.get("rejected", 0), empty
     )
 
 
