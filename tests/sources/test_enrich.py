@@ -156,7 +156,8 @@ def expected(objid: int) -> dict:
 
 
 def test_project_query_fills_metadata_in_one_request_per_page(ecotaxa, tmp_path, shared_data):
-    store = zooscan_store(tmp_path, shared_data, OBJIDS)
+    outsider = FIRST_OBJID + N_OBJECTS + 7  # not in the project: asked per object (404)
+    store = zooscan_store(tmp_path, shared_data, [*OBJIDS, outsider])
     before = shard_digests(store)
     assert all(r["lat"] is None for r in enriched(store).values())  # not in the archive
     ecotaxa.plan = ["429", "500", "stall"]  # each retried
@@ -171,11 +172,16 @@ def test_project_query_fills_metadata_in_one_request_per_page(ecotaxa, tmp_path,
     assert report.ok, report.lines()
     pages = N_OBJECTS // 1000
     assert sorted(set(ecotaxa.queries())) == [1000 * i for i in range(pages)]
-    assert report.requests == len(ecotaxa.log) == pages + 3  # O(pages): 10 pages + 3 retries
-    fields = ecotaxa.log[-1][2]["fields"].split(",")
+    # O(pages): 10 pages + 3 retries, and one request for the object outside the project
+    assert report.requests == len(ecotaxa.log) == pages + 3 + 1
+    assert ecotaxa.log[-1][:2] == ("GET", f"/api/object/{outsider}")
+    fields = ecotaxa.log[0][2]["fields"].split(",")
     assert fields == list(ECOTAXA_FIELDS)
-    assert enriched(store) == {str(o): expected(o) for o in OBJIDS}
-    assert report.empty == {"lat": 0, "lon": 0, "depth": 0, "time": 0}
+    got = enriched(store)
+    assert {k: v for k, v in got.items() if k != str(outsider)} == {
+        str(o): expected(o) for o in OBJIDS
+    }
+    assert report.not_found == 1 and report.empty == {"lat": 1, "lon": 1, "depth": 1, "time": 1}
     assert shard_digests(store) == before  # no shard rewritten: joined at read time
     assert (store / "metadata/zooscan.parquet").is_file()
 
@@ -184,10 +190,10 @@ def test_project_query_fills_metadata_in_one_request_per_page(ecotaxa, tmp_path,
         ObjectStore(store),
         ecotaxa_url=ecotaxa.base,
         projects=[PROJECT],
-        window_size=1000,
+        window_size=3000,  # another window size: the offsets already fetched still count
         **FAST,
     )
-    assert again.ok and again.requests == 0  # every page is cached
+    assert again.ok and again.requests == 0  # every page and the 404 are cached
 
 
 def test_per_object_endpoint_when_the_project_is_unknown(ecotaxa, tmp_path, shared_data):

@@ -145,17 +145,17 @@ class _Cache:
             "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, found INTEGER NOT NULL,"
             " lat REAL, lon REAL, depth_min REAL, depth_max REAL, time_utc TEXT, origin TEXT);"
             "CREATE TABLE IF NOT EXISTS pages (project TEXT, window_start INTEGER,"
-            " total INTEGER, PRIMARY KEY (project, window_start));"
+            " window_end INTEGER, total INTEGER, PRIMARY KEY (project, window_start));"
         )
 
-    def put(self, rows: Iterable[tuple], page: tuple[str, int, int] | None = None) -> None:
+    def put(self, rows: Iterable[tuple], page: tuple[str, int, int, int] | None = None) -> None:
         """Store answers (and mark their page done) in one transaction."""
         with self.lock, self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
             if page:
-                self.db.execute("INSERT OR REPLACE INTO pages VALUES (?, ?, ?)", page)
+                self.db.execute("INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?)", page)
 
     def known(self) -> set[str]:
         """Keys the service answered (a stamped fixed site is asked again next time)."""
@@ -163,12 +163,13 @@ class _Cache:
             rows = self.db.execute("SELECT key FROM answers WHERE origin != 'fixed_site'")
             return {k for (k,) in rows}
 
-    def pages(self, project: str) -> dict[int, int]:
+    def pages(self, project: str) -> tuple[dict[int, int], int | None]:
+        """({window_start: window_end} of the pages fetched, the project's total)."""
         with self.lock:
             rows = self.db.execute(
-                "SELECT window_start, total FROM pages WHERE project = ?", (project,)
+                "SELECT window_start, window_end, total FROM pages WHERE project = ?", (project,)
             ).fetchall()
-        return dict(rows)
+        return {s: e for s, e, _ in rows}, (rows[0][2] if rows else None)
 
     def table(self):
         """All answers as an Arrow table (read in chunks, never one dict per answer)."""
@@ -281,6 +282,10 @@ def enrich(
                     report.mode = f"EcoTaxa project query ({', '.join(map(str, projects))})"
                     for project in projects:
                         _ecotaxa_project(api, cache, ecotaxa_url, int(project), window_size)
+                    if rest := len(set(keys) - cache.known()):  # objids outside the projects
+                        report.mode += f", then per-object for {rest:,} objids not in them"
+                        fetch = _ecotaxa_object(ecotaxa_url)
+                        _per_key(api, cache, keys, report, concurrency, fetch)
                 elif c.enrich.kind == "ecotaxa":
                     report.mode = "EcoTaxa per-object (project unknown: one request per objid)"
                     _per_key(api, cache, keys, report, concurrency, _ecotaxa_object(ecotaxa_url))
@@ -320,14 +325,13 @@ def _stamp_site(c: Collection, cache: _Cache, keys: dict[str, int]) -> None:
 
 
 def _ecotaxa_project(api: JsonClient, cache: _Cache, base: str, project: int, size: int) -> None:
-    """Every object of an EcoTaxa project, one request per page; pages already cached are not
-    asked again."""
-    done = cache.pages(str(project))
-    total = next(iter(done.values()), None)
+    """Every object of an EcoTaxa project, one request per page; the offsets already cached
+    (by this or an earlier run, whatever its window size) are not asked again."""
+    done, total = cache.pages(str(project))
     start = 0
     while total is None or start < total:
-        if start in done:
-            start += size
+        if done.get(start, start) > start:
+            start = done[start]
             continue
         body = api.call(
             "POST",
@@ -342,10 +346,10 @@ def _ecotaxa_project(api: JsonClient, cache: _Cache, base: str, project: int, si
             raise EnrichError(f"EcoTaxa project {project}: unexpected answer {str(body)[:200]}")
         total = int(body.get("total_ids", len(ids)))
         rows = [_ecotaxa_row(str(i), *d[:6]) for i, d in zip(ids, details, strict=True)]
-        cache.put(rows, (str(project), start, total))
+        cache.put(rows, (str(project), start, start + len(ids), total))
         if not ids:
             break
-        start += size
+        start += len(ids)
 
 
 def _ecotaxa_object(base: str):
