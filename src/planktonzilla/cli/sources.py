@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from planktonzilla.cli._common import STORE_OPTION, WORKERS_OPTION, console, print_ingest_report
+from planktonzilla.sources.enrich import ECOTAXA_URL, IFCB_DASHBOARD_URL  # stdlib-only imports
 
 app = typer.Typer(help="The public plankton image collections.", no_args_is_help=True)
 
@@ -277,11 +278,9 @@ STRICT_OPTION = typer.Option(
     False, "--strict", help="Exit 1 when fewer images than the collection's expected count."
 )
 ENRICH_URLS = {
-    "ecotaxa_url": typer.Option(
-        "https://ecotaxa.obs-vlfr.fr", "--ecotaxa-url", envvar="PZ_ECOTAXA_URL"
-    ),
+    "ecotaxa_url": typer.Option(ECOTAXA_URL, "--ecotaxa-url", envvar="PZ_ECOTAXA_URL"),
     "dashboard_url": typer.Option(
-        "https://ifcb-data.whoi.edu", "--dashboard-url", envvar="PZ_IFCB_DASHBOARD_URL"
+        IFCB_DASHBOARD_URL, "--dashboard-url", envvar="PZ_IFCB_DASHBOARD_URL"
     ),
 }
 
@@ -329,7 +328,7 @@ def _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, worke
         return False
     print_ingest_report(result.ingest)
     for warning in result.warnings:  # soft_wrap: one greppable line each
-        console.print(f"[yellow]WARNING {warning}[/yellow]", soft_wrap=True, markup=True)
+        console.print(f"[yellow]WARNING {warning}[/yellow]", soft_wrap=True)
     style = "bold red" if result.shortfall else "green"
     for i, text in enumerate(result.count_lines()):
         flag = "WARNING " if result.shortfall and not i else ""
