@@ -1024,6 +1024,8 @@ def test_cli_list_show_and_check(pz, site, tmp_path, shared_data):
     assert r.exit_code == 0 and "jedioceans" in r.output and "17,404,047" in r.output
     r = pz("sources", "show", "planktonset1.0")
     assert r.exit_code == 0 and "Cowen" in r.output and "doi.org/10.7289/v5d21vjd" in r.output
+    r = pz("sources", "show", "isiisnet")
+    assert "fetches depth, lat, lon, time from EcoTaxa" in r.output
     assert pz("sources", "show", "nope").exit_code == 2
 
     data = planktonset_archive(pick(shared_data, 1, 2))

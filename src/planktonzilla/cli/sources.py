@@ -139,6 +139,7 @@ def show(collection_id: str = typer.Argument(..., metavar="ID")) -> None:
         lines.append(f"metadata:    fixed site {m.lat} N, {m.lon} E, {m.depth} m")
     else:
         lines.append(f"metadata:    {m.kind}" + (f" ({', '.join(m.files)})" if m.files else ""))
+    lines += ["", "Build:", *(f"  {note}" for note in describe(c))]
     lines += ["", "Cite as:", f"  {c.citation}"]
     typer.echo("\n".join(lines))
 
