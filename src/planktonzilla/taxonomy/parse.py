@@ -33,6 +33,7 @@ QUALIFIER_WORDS: dict[str, str] = {
     "like": "like",
     "cf": "like",
     "aff": "like",
+    "nr": "like",
     "maybe": "like",
     "possible": "like",
     "probable": "like",
@@ -385,6 +386,15 @@ _GROUP_CODE = re.compile(r"^(?:[A-Z][A-Za-z]?\.)?(?:\d+(?:\.\d+)*\.?)?(?=[A-Za-z
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _LIKE_SUFFIX = re.compile(r"[-_ ]like(?![a-z])", re.IGNORECASE)
 _SPLIT = re.compile(r"[\s_,;/()\[\]]+")
+#: separators of a lineage path (`Biota>Animalia>…`, `Class,Order,Family,Genus,Species`,
+#: folder paths); EcoTaxa's `<` (child<parent) is read by `parse_label` itself
+_PATH_SEPARATORS = re.compile(r"\s*(?:[>|;/,]|\s-\s)\s*")
+#: placeholders for "not identified at this rank": `Ge._unk` (genus unknown), `Sp._unk`,
+#: `sp.`, `spp.`, `sp2`, `indet.`, `unid.`, `n.i.`
+_PLACEHOLDER = re.compile(
+    r"(?<![A-Za-z])(?:(?:ge|gen|sp|spp|fam)\.?_?unk|spp?\.?\d*|indet|unid|n\.\s?i)\.?(?![A-Za-z])",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +413,23 @@ class ParsedLabel:
     unresolved: str = ""  #: reason the label names nothing definite
     connector: str = ""  #: "or" (alternatives), "host" (X with/on Y) or ""
     category_words: tuple[str, ...] = ()  #: the non-living words found
+    placeholder: str = ""  #: `sp.`, `Ge._unk`, `indet.`…: not identified below the name
+
+
+def split_path(raw: str) -> list[str]:
+    """The segments of a lineage path, top-down (`Copepoda>Calanoida` → two), or `[raw]`
+    when the label is no path. Labels with EcoTaxa's `<` are never paths."""
+    if "<" in raw:
+        return [raw]
+    parts = [p.strip() for p in _PATH_SEPARATORS.split(raw.strip())]
+    parts = [p for p in parts if p]
+    return parts if len(parts) > 1 else [raw]
+
+
+def find_placeholder(text: str) -> str:
+    """The placeholder a label carries (`sp.`, `Ge._unk`, …), or ""."""
+    m = _PLACEHOLDER.search(text)
+    return m.group(0) if m else ""
 
 
 def clean_label(raw: str) -> str:
@@ -447,6 +474,9 @@ def parse_label(raw: str) -> ParsedLabel:
     if _TEMPORARY.match(text):
         return ParsedLabel(raw, text, (), unresolved="temporary category")
     main, _, parent = text.partition("<")
+    placeholder = find_placeholder(main)
+    if placeholder:
+        main = _PLACEHOLDER.sub(" ", main)
     state = _State()
     words = state.scan(split_words(main))
     parent_words = state.scan(split_words(parent), is_parent=True)
@@ -469,6 +499,7 @@ def parse_label(raw: str) -> ParsedLabel:
         unresolved=state.unresolved,
         connector=state.connector,
         category_words=tuple(state.category_words),
+        placeholder=placeholder,
     )
 
 
@@ -671,4 +702,5 @@ def reparse(parsed: ParsedLabel, replacements: dict[str, str]) -> ParsedLabel:
         unresolved=new.unresolved,
         connector=new.connector,
         category_words=new.category_words,
+        placeholder=new.placeholder,
     )
