@@ -37,8 +37,9 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 def norm(text: str) -> str:
     """Lookup key: accents stripped, lower-case, `_`/whitespace collapsed to one space."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    if not text.isascii():  # the common ASCII case needs no decomposition (and is hot)
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
     return _SEP.sub(" ", text.strip().lower()).strip()
 
 

@@ -79,8 +79,9 @@ ROOTS: tuple[str, ...] = (
     # bacteria
     "Cyanobacteriota",
 )
-#: subtrees left out: land snails and slugs (no plankton, many homonym-prone names)
-EXCLUDED: tuple[str, ...] = ("Stylommatophora",)
+#: terrestrial subtrees of those groups, left out so that a plankton label never silently
+#: resolves to a land animal: land snails and slugs, earthworms, woodlice
+EXCLUDED: tuple[str, ...] = ("Stylommatophora", "Crassiclitellata", "Oniscidea")
 
 #: a genus name (`Pseudo-nitzschia`) and a clean binomial; NCBI's `Genus sp. XYZ-1`,
 #: `uncultured …` and `Candidatus …` placeholders name no species and are left out

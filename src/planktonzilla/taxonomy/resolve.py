@@ -356,15 +356,17 @@ class Resolver:
         values = dict(zip(RANKS, base.ranks(), strict=True))
         name, rank = base.name, base.rank
         kept: dict[str, str] = {}
-        placeholder = ""
+        placeholder = segs[k][0].placeholder
         for j in range(k + 1, len(segments)):
             parsed = segs[j][0]
             placeholder = placeholder or parsed.placeholder
             if placeholder or not parsed.words:
                 break  # "Ge._unk", "sp.": not identified below
+            if picks[j][0] is not None:
+                continue  # a name above the anchor, repeated (EcoTaxa's `…>Hydrozoa>Cnidaria`)
             got = _rank_of(parsed.words, values, rank)
             if got is None:
-                notes.append(f"segment {segments[j]!r}: no rank below {name}")
+                explain.append(f"segment {segments[j]!r}: no scientific name below {name}")
                 break
             name, rank, why = got
             if rank in RANKS:
@@ -424,7 +426,7 @@ class Resolver:
         bb = self.backbone
         if (
             len(epithet) < 4
-            or not epithet.isalpha()
+            or not epithet.replace("-", "").isalpha()  # `flos-aquae`
             or not epithet.islower()
             or bb.vernacular_name(epithet) is not None
             or bb.get(epithet) is not None
@@ -853,7 +855,7 @@ def _rank_of(
     (position); a lone lower-case word after a genus is its epithet. None when the segment
     cannot sit below `above`."""
     depth = RANK_DEPTH.get(above, -1)
-    if len(words) == 2 and words[1].isalpha() and words[1].islower():
+    if len(words) == 2 and words[1].replace("-", "").isalpha() and words[1].islower():
         genus = words[0][:1].upper() + words[0][1:].lower()
         if values.get("genus") and values["genus"] != genus:
             return None  # the binomial's genus is not the path's genus
@@ -867,6 +869,8 @@ def _rank_of(
     low = name.lower()
     rank = next((r for suffix, r in _SUFFIX_RANKS if low.endswith(suffix)), "")
     why = f"name ending -{next(s for s, r in _SUFFIX_RANKS if low.endswith(s))}" if rank else ""
+    if not rank and not word[:1].isupper():
+        return None  # a lower-case word is a morphological category (`solitaryblack`)
     if not rank:
         below = [r for r in RANKS if RANK_DEPTH[r] > depth and r != "species"]
         if not below:
