@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage
+from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage, living_lineage
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BACKBONE_COLUMNS = ("name", "rank", "parent", "aphia_id", "status", "accepted", "plankton")
@@ -273,22 +273,8 @@ class Backbone:
         chain = self.ancestors(taxon)
         values = {t.rank: t.name for t in chain if t.rank in RANKS}
         plankton = next((t.plankton for t in chain if t.plankton is not None), None)
-        deepest = max((RANKS.index(r) for r in values), default=-1)
-        filled = []
-        for rank in RANKS[: deepest + 1]:
-            value = values.get(rank, "")
-            if not value:
-                above = next((v for v in reversed(filled) if v), "")
-                value = f"{above.removesuffix(' incertae sedis')} incertae sedis" if above else ""
-            filled.append(value)
-        filled += [""] * (len(RANKS) - len(filled))
-        lin = Lineage(
-            *filled,
-            name=taxon.name,
-            rank=taxon.rank,
-            aphia_id=taxon.aphia_id,
-            root_class="living",
-            plankton=True if plankton is None else plankton,
+        lin = living_lineage(
+            values, name=taxon.name, rank=taxon.rank, aphia_id=taxon.aphia_id, plankton=plankton
         )
         self._lineages[taxon.name] = lin
         return lin

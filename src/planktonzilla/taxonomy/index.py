@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planktonzilla.taxonomy.backbone import DATA_DIR, Backbone, Taxon, norm
-from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage
+from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage, living_lineage
 
 PACKAGED_INDEX = DATA_DIR / "name_index.tsv.gz"
 #: environment variable naming a fresh index (`pz taxonomy build-index --out FILE`)
@@ -154,27 +154,6 @@ def _graft_below(
         name = f"{values['genus']} {name.split(' ', 1)[1]}"
         values["species"] = name
     rank = entry.rank if entry.rank in _RANKS else ""
-    lineage = fill(values, name=name, rank=rank, plankton=base.plankton)
+    lineage = living_lineage(values, name=name, rank=rank, plankton=base.plankton)
     taxon = Taxon(name, rank or anchor.rank, anchor.name)
     return Graft(entry, anchor, lineage, below, taxon, names)
-
-
-def fill(values: dict[str, str], *, name: str, rank: str, plankton: bool | None) -> Lineage:
-    """A living lineage from rank values, holes between filled ranks made `… incertae sedis`
-    (as the backbone does) so that the ranks stay a contiguous prefix."""
-    deepest = max((i for i, r in enumerate(RANKS) if values.get(r)), default=-1)
-    filled: list[str] = []
-    for r in RANKS[: deepest + 1]:
-        v = values.get(r, "")
-        if not v:
-            above = next((x for x in reversed(filled) if x), "")
-            v = f"{above.removesuffix(' incertae sedis')} incertae sedis" if above else ""
-        filled.append(v)
-    filled += [""] * (len(RANKS) - len(filled))
-    return Lineage(
-        *filled,
-        name=name,
-        rank=rank,
-        root_class="living",
-        plankton=True if plankton is None else plankton,
-    )

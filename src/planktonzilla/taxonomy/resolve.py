@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from planktonzilla.taxonomy.backbone import Backbone, Taxon, norm
-from planktonzilla.taxonomy.index import Graft, NameIndex, fill, graft
-from planktonzilla.taxonomy.lineage import QUALIFIERS, RANK_DEPTH, RANKS, ROOT_CLASSES, Lineage
+from planktonzilla.taxonomy.index import Graft, NameIndex, graft
+from planktonzilla.taxonomy.lineage import (
+    QUALIFIERS,
+    RANK_DEPTH,
+    RANKS,
+    ROOT_CLASSES,
+    Lineage,
+    living_lineage,
+)
 from planktonzilla.taxonomy.parse import (
     STAGES,
     TEMPORARY_REASON,
@@ -295,7 +302,9 @@ class Resolver:
         values = dict(zip(RANKS[:shared], candidates[0].ranks()[:shared], strict=True))
         if shared:
             top = RANKS[shared - 1]
-            lin = fill(values, name=values[top], rank=top, plankton=candidates[0].plankton)
+            lin = living_lineage(
+                values, name=values[top], rank=top, plankton=candidates[0].plankton
+            )
         else:
             lin = Lineage(name=LIVING_ROOT, root_class="living", plankton=True)
         lin = lin.with_flags(qualifier=parsed.qualifier or "full_body")
@@ -385,7 +394,7 @@ class Resolver:
             confidence = _CONFIDENCE["index" if g.entry is not None else "nomenclature"]
         lin = base
         if kept or name != base.name:
-            lin = fill(values, name=name, rank=rank, plankton=base.plankton)
+            lin = living_lineage(values, name=name, rank=rank, plankton=base.plankton)
             provenance, confidence = "rule", _CONFIDENCE["nomenclature"]
         if any(n.startswith("conflict") for n in notes):
             confidence = min(confidence, 0.5)
@@ -437,7 +446,7 @@ class Resolver:
         name = f"{base.genus} {epithet}"
         values = dict(zip(RANKS, base.ranks(), strict=True))
         values["species"] = name
-        lin = fill(values, name=name, rank="species", plankton=base.plankton)
+        lin = living_lineage(values, name=name, rank="species", plankton=base.plankton)
         parent = self._grafts.get(genus)
         anchor = parent.anchor if parent is not None else bb.accepted(genus)
         taxon = Taxon(name, "species", genus.name)
