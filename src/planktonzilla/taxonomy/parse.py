@@ -14,6 +14,7 @@ conventions of plankton labels:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -639,8 +640,13 @@ _VOCAB = sorted(
     | set(LIVING_WORDS)
     | {"trochophora"}
 )
+#: vocabulary by first letter (a typo keeps it: see `vocabulary_typo`)
+_VOCAB_BY_START: dict[str, list[str]] = {}
+for _word in _VOCAB:
+    _VOCAB_BY_START.setdefault(_word[0], []).append(_word)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def vocabulary_typo(word: str) -> str | None:
     """The vocabulary word `word` is a typo of (`lavae` → `larvae`, `Doutbs` → `doubts`), or
     None: one edit (insertion, deletion, substitution or swap of neighbours) away, two for
@@ -651,8 +657,8 @@ def vocabulary_typo(word: str) -> str | None:
         return None
     limit = 1 if len(low) <= 8 else 2
     best = None
-    for cand in _VOCAB:
-        if abs(len(cand) - len(low)) > limit or cand[0] != low[0]:
+    for cand in _VOCAB_BY_START.get(low[0], ()):
+        if abs(len(cand) - len(low)) > limit:
             continue
         d = _edit_distance(low, cand)
         if d <= limit and (best is None or d < best[0]):
