@@ -288,6 +288,27 @@ def test_homonym_is_ambiguous_alone_and_decided_by_context(resolver):
     assert "other labels" in dinos[0].reason
 
 
+def test_plankton_prior_decides_a_homonym_nothing_else_decides(tmp_path, backbone):
+    # a two-entry index in the packaged layout: `Zorgia`, once under Calanidae (plankton),
+    # once under Hexapoda (which the curated backbone flags as no plankton)
+    path = tmp_path / "homonym.tsv.gz"
+    rows = [
+        (1, 1, "no_rank", "root"),
+        (2, 1, "kingdom", "Metazoa"),
+        (10, 2, "family", "Calanidae"),
+        (11, 10, "genus", "Zorgia"),
+        (20, 2, "subphylum", "Hexapoda"),
+        (21, 20, "genus", "Zorgia"),
+    ]
+    with gzip.open(path, "wt") as fh:
+        fh.write("# test index\n")
+        fh.writelines("\t".join(map(str, r)) + "\n" for r in rows)
+    assert backbone.lineage("Hexapoda").plankton is False
+    res = Resolver(backbone, index=NameIndex(path)).resolve("Zorgia")
+    assert res.resolved and res.lineage.family == "Calanidae"
+    assert any("by the plankton prior" in line for line in res.explain)
+
+
 # -- explain, review, the store -----------------------------------------------------------------
 
 

@@ -210,7 +210,7 @@ class Resolver:
         if len(segments) > 1:
             return self._resolve_path(raw, source, segments)
         parsed, main, parent = self._parse_and_match(raw)
-        self._decide(main + parent, parsed.words + parsed.parent_words)
+        homonyms = self._decide(main + parent, parsed.words + parsed.parent_words)
         taxon, how, note, mixed = self._choose(parsed, main, parent)
         if taxon is None and parsed.stages:
             taxon, how = self._stage_taxon(parsed.stages), "stage"
@@ -225,8 +225,10 @@ class Resolver:
             if undecided:
                 return self._ambiguous(raw, source, parsed, undecided)
             qualifier = parsed.qualifier or ("mix" if mixed else "full_body")
-            decided = f"label words {' '.join(parsed.words + parsed.parent_words)!r}"
-            return self._taxon_result(raw, source, taxon, how, note, qualifier, parsed, decided)
+            decided = [f"decided by label words {' '.join(parsed.words + parsed.parent_words)!r}"]
+            return self._taxon_result(
+                raw, source, taxon, how, note, qualifier, parsed, decided + homonyms
+            )
         return self._no_taxon(raw, source, parsed)
 
     def _parse_and_match(self, text: str) -> tuple[ParsedLabel, list[_Match], list[_Match]]:
@@ -249,7 +251,7 @@ class Resolver:
         note: str,
         qualifier: str,
         parsed: ParsedLabel,
-        decided: str,
+        decided: list[str],
     ) -> Resolution:
         lin = self._lineage(taxon).with_flags(qualifier=qualifier)
         g = self._grafts.get(taxon)
@@ -264,7 +266,7 @@ class Resolver:
         if parsed.placeholder:
             stop = f"placeholder {parsed.placeholder!r}: identified to {lin.rank or 'no rank'} only"
             note = f"{note}; {stop}" if note else stop
-        explain = (f"decided by {decided} ({how})", *self._rank_origins(lin, taxon, {}))
+        explain = (*decided, f"rule: {how}", *self._rank_origins(lin, taxon, {}))
         if note:
             explain += (f"note: {note}",)
         return Resolution(source, raw, lin, provenance, confidence, reason=note, explain=explain)
@@ -329,7 +331,7 @@ class Resolver:
         """Anchor on the deepest segment that resolves; check the others; keep deeper
         segments no index knows, ranked by nomenclature or by position."""
         segs = [self._parse_and_match(s) for s in segments]
-        self._decide([m for _, main, parent in segs for m in main + parent], segments)
+        homonyms = self._decide([m for _, main, parent in segs for m in main + parent], segments)
         picks: list[tuple[Taxon | None, str]] = []
         for parsed, main, parent in segs:
             taxon, how, _, _ = self._choose(parsed, main, parent)
@@ -353,6 +355,7 @@ class Resolver:
             if t is not None and self._is_ancestor(anchor, t) and t != anchor:
                 k, (anchor, how) = j, picks[j]
         explain = [f"path of {len(segments)} segments; anchor: segment {k + 1} {segments[k]!r}"]
+        explain += homonyms
         notes = []
         for j in found:
             t = picks[j][0]
@@ -454,11 +457,13 @@ class Resolver:
         self._grafts.setdefault(taxon, Graft(None, anchor, lin, below, taxon))
         return _Match(taxon, "nomenclature", start, start + 2)
 
-    def _decide(self, matches: list[_Match], words: Iterable[str]) -> None:
+    def _decide(self, matches: list[_Match], words: Iterable[str]) -> list[str]:
         """Homonyms decided by the other names of the same label: the candidate sharing the
         most ranks with the other matches, plus the label's words found in its NCBI lineage
-        (`Ascidiacea/Herdmania`); then the plankton prior (a candidate of a plankton group)."""
+        (`Ascidiacea/Herdmania`); then the plankton prior (a candidate of a plankton group).
+        Returns what decided each, for `explain`."""
         said = {norm(w) for w in words}
+        decided = []
         for m in matches:
             if not m.candidates:
                 continue
@@ -472,13 +477,19 @@ class Resolver:
                 shared = max((_shared(self._lineage(c).ranks(), o) for o in others), default=0)
                 scores.append(shared + hits)
             best = max(scores)
+            why = "the label's other names"
             if best:
                 pool = [c for c, s in zip(pool, scores, strict=True) if s == best]
             if len(pool) > 1:
                 planktonic = [c for c in pool if self._lineage(c).plankton]
-                pool = planktonic if len(planktonic) == 1 else pool
+                pool, why = (
+                    (planktonic, "the plankton prior") if len(planktonic) == 1 else (pool, "")
+                )
             if len(pool) == 1:
+                n = len(m.candidates)
+                decided.append(f"homonym {pool[0].name!r} ({n} meanings in the index): by {why}")
                 m.taxon, m.candidates = pool[0], ()
+        return decided
 
     def _lineage(self, taxon: Taxon) -> Lineage:
         g = self._grafts.get(taxon)
