@@ -203,6 +203,13 @@ def test_a_freshwater_lineage_path_keeps_genus_and_species(resolver):
         assert res.lineage.is_contiguous() and not res.reason
 
 
+def test_siblings_separated_like_a_path_are_alternatives(resolver):
+    # no segment above another, all of one rank: "X or Y", their common ancestor
+    for label, ancestor in (("Oithona/Oncaea", "Cyclopoida"), ("Acartia, Temora", "Calanoida")):
+        res = resolver.resolve(label)
+        assert (res.lineage.name, res.lineage.qualifier) == (ancestor, "mix"), res
+
+
 def test_path_conflicts_are_flagged(resolver):
     res = resolver.resolve("Chaetognatha > Calanus")
     assert res.lineage.name == "Calanus"

@@ -91,6 +91,8 @@ _CONFIDENCE = {
     "index": 0.8,  #: below every curated exact match
     "nomenclature": 0.6,  #: a rank kept from the label's own words, in no index
 }
+#: how a match was found, when it is a scientific name (not a vernacular word or a stage)
+_SCIENTIFIC = frozenset({"exact", "epithet", "fuzzy", "index", "nomenclature"})
 #: index names taken at their own rank: order and below (higher NCBI ranks follow another
 #: convention than WoRMS: NCBI's class Hexanauplia holds our class Copepoda)
 _INDEX_TOP = RANK_DEPTH["order"]
@@ -207,8 +209,8 @@ class Resolver:
         if override is not None:
             return self._from_override(raw, source, override)
         segments = split_path(raw)
-        if len(segments) > 1:
-            return self._resolve_path(raw, source, segments)
+        if len(segments) > 1 and (path := self._resolve_path(raw, source, segments)):
+            return path
         parsed, main, parent = self._parse_and_match(raw)
         homonyms = self._decide(main + parent, parsed.words + parsed.parent_words)
         taxon, how, note, mixed = self._choose(parsed, main, parent)
@@ -327,9 +329,11 @@ class Resolver:
 
     # -- lineage paths --------------------------------------------------------------------------
 
-    def _resolve_path(self, raw: str, source: str, segments: list[str]) -> Resolution:
+    def _resolve_path(self, raw: str, source: str, segments: list[str]) -> Resolution | None:
         """Anchor on the deepest segment that resolves; check the others; keep deeper
-        segments no index knows, ranked by nomenclature or by position."""
+        segments no index knows, ranked by nomenclature or by position. None when the
+        segments are alternatives rather than a lineage (`Oithona/Oncaea`, `Acartia, Temora`:
+        every one a taxon of the same rank, none above another)."""
         segs = [self._parse_and_match(s) for s in segments]
         homonyms = self._decide([m for _, main, parent in segs for m in main + parent], segments)
         picks: list[tuple[Taxon | None, str]] = []
@@ -339,6 +343,14 @@ class Resolver:
             picks.append((taxon, how) if not undecided else (None, ""))
         qualifier = next((p.qualifier for p, _, _ in reversed(segs) if p.qualifier), "")
         found = [k for k, (t, _) in enumerate(picks) if t is not None]
+        taxa = [picks[k][0] for k in found]
+        if (
+            len(found) == len(segments)
+            and ">" not in raw
+            and len({t.rank for t in taxa}) == 1
+            and len({t.name for t in taxa}) == len(taxa)
+        ):
+            return None
         if not found:
             undecided = [
                 _undecided(m.taxon, main) for _, main, _ in segs for m in main if m.candidates
@@ -836,7 +848,7 @@ def _consistent(is_ancestor, matches: list[_Match]) -> _Match | None:
     stage and abbreviation matches that disagree with scientific names are dropped first."""
     if not matches:
         return None
-    scientific = [m for m in matches if m.how in ("exact", "epithet", "fuzzy")]
+    scientific = [m for m in matches if m.how in _SCIENTIFIC]
     pool = matches
     if scientific and len(scientific) < len(matches):
         chain_ok = _one_line(is_ancestor, matches)
