@@ -215,6 +215,8 @@ def test_path_conflicts_are_flagged(resolver):
     assert res.lineage.name == "Calanus"
     assert "conflict" in res.reason and "Chaetognatha" in res.reason
     assert res.confidence <= 0.5
+    living = resolver.resolve("not-living>detritus>Calanus")
+    assert "conflict" in living.reason and "detritus" in living.reason
 
 
 def test_real_ecotaxa_hierarchies_resolve_as_paths(shared_data, resolver):

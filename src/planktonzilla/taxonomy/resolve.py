@@ -373,6 +373,9 @@ class Resolver:
             t = picks[j][0]
             if j != k and not (self._is_ancestor(t, anchor) or self._is_ancestor(anchor, t)):
                 notes.append(f"conflict: segment {segments[j]!r} ({t.name}) is not on the line")
+        for j, (parsed, _, _) in enumerate(segs):
+            if picks[j][0] is None and parsed.category and not parsed.qualifier:
+                notes.append(f"conflict: segment {segments[j]!r} says {parsed.category_root}")
         for j, (t, _) in enumerate(picks):
             if t is None and j < k and segs[j][0].words:
                 explain.append(f"segment {segments[j]!r}: not in our convention, ignored")
