@@ -387,10 +387,12 @@ class Resolver:
         for j in range(k + 1, len(segments)):
             parsed = segs[j][0]
             placeholder = placeholder or parsed.placeholder
-            if placeholder or not parsed.words:
+            if placeholder:
                 break  # "Ge._unk", "sp.": not identified below
-            if picks[j][0] is not None:
-                continue  # a name above the anchor, repeated (EcoTaxa's `…>Hydrozoa>Cnidaria`)
+            if not parsed.words or picks[j][0] is not None:
+                # a stage or qualifier (`…>egg`), or a name above the anchor, repeated
+                # (EcoTaxa's `…>Hydrozoa>Cnidaria`)
+                continue
             got = _rank_of(parsed.words, values, rank)
             if got is None:
                 explain.append(f"segment {segments[j]!r}: no scientific name below {name}")
