@@ -113,6 +113,11 @@ def test_a_fresh_index_is_used_when_named(tmp_path, monkeypatch, backbone):
     monkeypatch.setenv("PZ_NAME_INDEX", str(tmp_path / "missing.tsv.gz"))
     with pytest.raises(FileNotFoundError, match="PZ_NAME_INDEX"):
         NameIndex.default()
+    broken = tmp_path / "broken.tsv.gz"
+    with gzip.open(broken, "wt") as fh:
+        fh.write("# header\n6836 6835 genus Calanus\n")  # spaces, not tabs
+    with pytest.raises(ValueError, match="line 2: expected taxid, parent, rank, name"):
+        NameIndex(broken).lookup("Calanus")
 
 
 # -- grafting -----------------------------------------------------------------------------------

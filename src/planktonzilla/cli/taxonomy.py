@@ -255,7 +255,11 @@ def build_index_command(
     (`pip install 'planktonzilla[index]'`); use it with PZ_NAME_INDEX=FILE."""
     import json
 
-    from planktonzilla.taxonomy.build_index import build_index
+    from planktonzilla.taxonomy.build_index import IndexBuildError, build_index
 
-    typer.echo(json.dumps(build_index(out), indent=2))
+    try:
+        typer.echo(json.dumps(build_index(out), indent=2))
+    except IndexBuildError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"use it: export PZ_NAME_INDEX={out.resolve()}", err=True)

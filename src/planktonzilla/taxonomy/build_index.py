@@ -89,6 +89,10 @@ _GENUS = re.compile(r"^[A-Z][a-z]+(?:-[a-z]+)?$")
 _BINOMIAL = re.compile(r"^[A-Z][a-z]+(?:-[a-z]+)? [a-z]+(?:-[a-z]+)?$")
 
 
+class IndexBuildError(RuntimeError):
+    """The NCBI snapshot is missing or does not hold what the index needs."""
+
+
 def _ncbi_tables():
     """(taxid → (parent, rank), taxid → name, source version) from the installed snapshot."""
     try:
@@ -97,7 +101,7 @@ def _ncbi_tables():
         import zstandard
         from marisa_trie import RecordTrie
     except ImportError as exc:
-        raise SystemExit(
+        raise IndexBuildError(
             "building the name index needs NCBI Taxonomy: pip install 'planktonzilla[index]'"
             f" ({exc})"
         ) from exc
@@ -126,7 +130,7 @@ def build_index(out: Path) -> dict:
     def taxids(group: str) -> set[int]:
         found = set(by_name.get(group, []))
         if not found:
-            raise SystemExit(f"NCBI Taxonomy has no {group!r}: update ROOTS")
+            raise IndexBuildError(f"NCBI Taxonomy has no {group!r}: update ROOTS")
         return found
 
     roots = set().union(*(taxids(g) for g in ROOTS))
@@ -195,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import json
 
-    print(json.dumps(build_index(args.out), indent=2), file=sys.stdout)
+    try:
+        print(json.dumps(build_index(args.out), indent=2))
+    except IndexBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -92,13 +92,19 @@ class NameIndex:
             nodes: dict[int, Entry] = {}
             by_name: dict[str, list[int]] = {}
             with gzip.open(self.path, "rt", encoding="utf-8") as fh:
-                for line in fh:
+                for n, line in enumerate(fh, start=1):
                     if line.startswith("#"):
                         if not self.source:
                             self.source = line[1:].split(";", 1)[0].strip()
                         continue
-                    taxid, parent, rank, name = line.rstrip("\n").split("\t")
-                    e = Entry(int(taxid), int(parent), rank, name)
+                    try:
+                        taxid, parent, rank, name = line.rstrip("\n").split("\t")
+                        e = Entry(int(taxid), int(parent), rank, name)
+                    except ValueError:
+                        raise ValueError(
+                            f"{self.path}: line {n}: expected taxid, parent, rank, name"
+                            " (tab-separated)"
+                        ) from None
                     nodes[e.taxid] = e
                     if rank in _RANKS:
                         by_name.setdefault(name.lower(), []).append(e.taxid)
