@@ -261,6 +261,12 @@ def test_binomial_keeps_an_unknown_species(resolver, label, genus):
     assert any("nomenclature" in line for line in res.explain)
 
 
+@pytest.mark.parametrize("label", ["Calanus_female", "Oithona_dorsal", "Acartia_damaged"])
+def test_a_descriptive_word_after_a_genus_is_no_epithet(resolver, label):
+    res = resolver.resolve(label)
+    assert res.lineage.rank == "genus" and res.lineage.species == ""
+
+
 @pytest.mark.parametrize(
     "label, name, rank",
     [

@@ -379,6 +379,66 @@ NOISE = {
     "polar",
     "sac",
 }
+#: words that follow a genus in labels without being its epithet: sex, view, state, stage
+DESCRIPTORS = {
+    "female",
+    "females",
+    "male",
+    "males",
+    "stage",
+    "stages",
+    "form",
+    "forms",
+    "group",
+    "groups",
+    "complex",
+    "dorsal",
+    "ventral",
+    "lateral",
+    "frontal",
+    "damaged",
+    "broken",
+    "crushed",
+    "unsure",
+    "various",
+    "mature",
+    "immature",
+    "gravid",
+    "spent",
+    "alive",
+    "preserved",
+    "elongate",
+    "spherical",
+    "oval",
+    "double",
+    "attached",
+    "free",
+}
+#: endings of Latin and Latinised epithets (finmarchicus, hamata, digitale, ruber, bijuga,
+#: sowerbii, flos-aquae, leidyi, maenas, monodon, gigas, carpio, dispar, chrysops): 99 % of
+#: the index's species epithets
+_EPITHET_ENDINGS = (
+    *("a", "e", "i", "o", "u", "y", "us", "um", "is", "es", "os", "ys", "as", "or", "er"),
+    *("ar", "ir", "x", "ns", "ps", "on", "an", "en"),
+)
+#: endings of English words, never of an epithet (dorsal, damaged, floating, clearly)
+_ENGLISH_ENDINGS = ("al", "ed", "ing", "ly", "ness")
+
+
+def looks_like_epithet(word: str) -> bool:
+    """A lower-case word that may be a species epithet after a genus (`zzyzxica` yes,
+    `female`, `dorsal`, `damaged` no): Latin ending, no English ending, no descriptor."""
+    low = word.lower()
+    last = low.rsplit("-", 1)[-1]
+    return (
+        len(low) >= 4
+        and low.replace("-", "").isalpha()
+        and low not in DESCRIPTORS
+        and last.endswith(_EPITHET_ENDINGS)
+        and not last.endswith(_ENGLISH_ENDINGS)
+    )
+
+
 NOISE_PATTERN = re.compile(r"^(?:\d.*|.*\d.*|type\w*|shape\w*|morphotype\w*|sp\d+)$")
 
 _TEMPORARY = re.compile(r"^t\d{3}$", re.IGNORECASE)

@@ -38,6 +38,7 @@ from planktonzilla.taxonomy.parse import (
     TEMPORARY_REASON,
     WEAK_REASON,
     ParsedLabel,
+    looks_like_epithet,
     parse_label,
     reparse,
     split_path,
@@ -454,9 +455,8 @@ class Resolver:
         kept by nomenclature (a lower-case Latin word after a genus)."""
         bb = self.backbone
         if (
-            len(epithet) < 4
-            or not epithet.replace("-", "").isalpha()  # `flos-aquae`
-            or not epithet.islower()
+            not epithet.islower()
+            or not looks_like_epithet(epithet)
             or bb.vernacular_name(epithet) is not None
             or bb.get(epithet) is not None
             or vocabulary_typo(epithet) is not None
@@ -892,7 +892,7 @@ def _rank_of(
     (position); a lone lower-case word after a genus is its epithet. None when the segment
     cannot sit below `above`."""
     depth = RANK_DEPTH.get(above, -1)
-    if len(words) == 2 and words[1].replace("-", "").isalpha() and words[1].islower():
+    if len(words) == 2 and words[1].islower() and looks_like_epithet(words[1]):
         genus = words[0][:1].upper() + words[0][1:].lower()
         if values.get("genus") and values["genus"] != genus:
             return None  # the binomial's genus is not the path's genus
@@ -900,7 +900,12 @@ def _rank_of(
     if len(words) != 1 or not words[0][:1].isalpha():
         return None
     word = words[0]
-    if word.islower() and values.get("genus") and depth == RANK_DEPTH["genus"]:
+    if (
+        looks_like_epithet(word)
+        and word.islower()
+        and values.get("genus")
+        and depth == RANK_DEPTH["genus"]
+    ):
         return f"{values['genus']} {word}", "species", "epithet after the genus"
     name = word[:1].upper() + word[1:]
     low = name.lower()
