@@ -68,7 +68,8 @@ GROUPS = {
 def test_index_is_broad_and_covers_the_plankton_groups(resolver):
     idx = NameIndex.default()
     assert idx is not None and idx.path == PACKAGED_INDEX
-    assert not idx.loaded  # nothing is read before the first lookup
+    assert NameIndex.default() is idx  # one instance, shared by every resolver
+    assert not NameIndex(PACKAGED_INDEX).loaded  # nothing is read before the first lookup
     ranks = [e.rank for e in idx._load().values()]
     assert ranks.count("genus") + ranks.count("species") > 100_000
     assert [g for g, _ in GROUPS.values() if not idx.lookup(g)] == []

@@ -58,6 +58,9 @@ class Graft:
     ncbi_names: frozenset[str] = frozenset()
 
 
+_SHARED: dict[Path, NameIndex] = {}
+
+
 class NameIndex:
     """NCBI nodes by taxid and by name, read from a gzipped TSV on first use.
 
@@ -74,14 +77,18 @@ class NameIndex:
 
     @classmethod
     def default(cls) -> NameIndex | None:
-        """The index named by `PZ_NAME_INDEX`, else the packaged one (None if neither)."""
+        """The index named by `PZ_NAME_INDEX`, else the packaged one (None if neither); one
+        instance per file, shared by every resolver (it is read-only once loaded)."""
         env = os.environ.get(INDEX_ENV)
         if env:
             path = Path(env).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"{INDEX_ENV}={env}: no such name index")
-            return cls(path)
-        return cls(PACKAGED_INDEX) if PACKAGED_INDEX.is_file() else None
+        elif PACKAGED_INDEX.is_file():
+            path = PACKAGED_INDEX
+        else:
+            return None
+        return _SHARED.setdefault(path.resolve(), cls(path))
 
     @property
     def loaded(self) -> bool:
