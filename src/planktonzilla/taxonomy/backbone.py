@@ -287,7 +287,11 @@ class Backbone:
         key = norm(text)
         if len(key) < 6:
             return None
-        pool = self._pool().get(key[0], [])
+        n = len(key)
+        # difflib's ratio is at most 2·min(len)/(sum of lens): skip names too short or long
+        pool = [
+            k for k in self._pool().get(key[0], ()) if 2 * min(n, len(k)) >= cutoff * (n + len(k))
+        ]
         close = difflib.get_close_matches(key, pool, n=2, cutoff=cutoff)
         if not close:
             return None

@@ -717,8 +717,10 @@ def vocabulary_typo(word: str) -> str | None:
         return None
     limit = 1 if len(low) <= 8 else 2
     best = None
+    letters = set(low)
     for cand in _VOCAB_BY_START.get(low[0], ()):
-        if abs(len(cand) - len(low)) > limit:
+        # one edit changes the length by ≤ 1 and the letters present by ≤ 2
+        if abs(len(cand) - len(low)) > limit or len(letters ^ set(cand)) > 2 * limit:
             continue
         d = _edit_distance(low, cand)
         if d <= limit and (best is None or d < best[0]):
