@@ -251,8 +251,8 @@ def refresh(store: Path = typer.Option(..., "--store", "-s", help="Store directo
 def build_index_command(
     out: Path = typer.Option(..., "--out", "-o", help="Index file to write (.tsv.gz)."),
 ) -> None:
-    """Rebuild the broad name index from the installed NCBI Taxonomy snapshot
-    (`pip install 'planktonzilla[index]'`); use it with PZ_NAME_INDEX=FILE."""
+    """Rebuild the broad name index from the installed NCBI Taxonomy snapshot (the
+    package's `index` extra); use it with PZ_NAME_INDEX=FILE."""
     import json
 
     from planktonzilla.taxonomy.build_index import IndexBuildError, build_index

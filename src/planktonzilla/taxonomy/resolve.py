@@ -379,7 +379,7 @@ class Resolver:
                 notes.append(f"conflict: segment {segments[j]!r} says {parsed.category_root}")
         for j, (t, _) in enumerate(picks):
             if t is None and j < k and segs[j][0].words:
-                explain.append(f"segment {segments[j]!r}: not in our convention, ignored")
+                explain.append(f"segment {segments[j]!r}: no curated rank (context only)")
         base = self._lineage(anchor)
         values = dict(zip(RANKS, base.ranks(), strict=True))
         name, rank = base.name, base.rank
