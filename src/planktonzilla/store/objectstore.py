@@ -333,6 +333,17 @@ class ObjectStore:
             tables.append(local.filter(pa.array(keep, pa.bool_())))
         return pa.concat_tables(tables)
 
+    def refresh_taxonomy(self) -> list[str]:
+        """Resolve every source's labels again (after a backbone, mapping or name-index
+        update) into `taxonomy/<source>.parquet`; shards are never rewritten, and every
+        view (objects, captions, splits, training labels) reads the new lineages. Returns
+        the sources refreshed."""
+        sources = sorted(self.manifest()["sources"])
+        with self._lock():
+            for source in sources:
+                self._resolve_labels(source)
+        return sources
+
     def _resolve_labels(self, source: str) -> None:
         """Resolve the source's raw labels the shipped mapping does not cover, with the parser
         and backbone, into `taxonomy/<source>.parquet` (derived data: rewritten each ingest)."""
