@@ -601,7 +601,8 @@ class _State:
                 i += len(phrase.split())
                 continue
             if (
-                low.isdigit()
+                low.isascii()
+                and low.isdigit()  # "¹".isdigit() is true, int("¹") fails
                 and int(low) > 1
                 and i + 1 < len(words)
                 and lowered[i + 1]
@@ -686,6 +687,8 @@ def _is_vocabulary(word: str) -> bool:
 def _unglue(word: str) -> list[str] | None:
     """Two vocabulary words written as one (`chainlarge`, `lightsphere`), else None."""
     low = word.lower()
+    if len(low) > 2 * _VOCAB_LONGEST:  # no two vocabulary words make it: stays linear
+        return None
     for cut in range(3, len(low) - 2):
         if _is_vocabulary(low[:cut]) and _is_vocabulary(low[cut:]):
             return [word[:cut], word[cut:]]
@@ -700,6 +703,12 @@ _VOCAB = sorted(
     | set(LIVING_WORDS)
     | {"trochophora"}
 )
+_VOCAB_LONGEST = max(
+    len(w)
+    for words in (QUALIFIER_WORDS, STAGES, CATEGORY_WORDS, UNRESOLVED_WORDS, LIVING_WORDS,
+                  CONNECTORS, NOISE)
+    for w in words
+)  # fmt: skip
 #: vocabulary by first letter (a typo keeps it: see `vocabulary_typo`)
 _VOCAB_BY_START: dict[str, list[str]] = {}
 for _word in _VOCAB:
