@@ -8,11 +8,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
-
-EXISTING_STORE = typer.Option(
-    ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
-)
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
 
 class ExportFormat(StrEnum):
@@ -38,7 +34,7 @@ def _table(rows: list[dict], title: str | None = None, limit: int | None = None)
 
 
 def stats(
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     labels: int = typer.Option(15, "--labels", help="Raw labels to list per source (0: all)."),
 ) -> None:
@@ -75,7 +71,7 @@ def stats(
 
 def query(
     sql: str = typer.Argument(..., help="DuckDB SQL over the views `objects` and `rejected`."),
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
 ) -> None:
     """Run SQL over the store, e.g. pz query "select raw_label, count(*) from objects group by 1"."""  # noqa: E501
@@ -106,7 +102,7 @@ def query(
 
 def export(
     fmt: ExportFormat = typer.Argument(..., help="parquet or imagefolder"),
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
     label: str = typer.Option(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from planktonzilla.cli._common import EXISTING_STORE_OPTION
+
 app = typer.Typer(
     help="Harmonize raw labels onto one taxonomy (resolve, map, check, flow, review, refresh,"
     " build-index).",
@@ -203,7 +205,7 @@ def _store_mapping(store: Path) -> tuple[dict, dict]:
 
 @app.command()
 def review(
-    store: Path = typer.Option(..., "--store", "-s", help="Store directory."),
+    store: Path = EXISTING_STORE_OPTION,
     suggestions: int = typer.Option(3, "--suggestions", "-n", help="Suggestions per label."),
     min_confidence: float = typer.Option(
         0.75, "--min-confidence", help="Also list resolved rows below this confidence."
@@ -238,7 +240,7 @@ def review(
 
 
 @app.command()
-def refresh(store: Path = typer.Option(..., "--store", "-s", help="Store directory.")) -> None:
+def refresh(store: Path = EXISTING_STORE_OPTION) -> None:
     """Resolve a store's own labels again with the current backbone and name index (rewrites
     only `taxonomy/<source>.parquet`, never an image shard)."""
     from planktonzilla.store import ObjectStore
