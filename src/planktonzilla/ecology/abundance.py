@@ -50,6 +50,7 @@ __all__ = [
     "load_confusion",
     "misclassification",
     "poisson_interval",
+    "read_table",
     "write_table",
 ]
 
@@ -543,6 +544,21 @@ def _with_aphia(table, store):
         ids.append(known[taxon])
     index = table.schema.get_field_index("aphia_id")
     return table.set_column(index, "aphia_id", pa.array(ids, pa.int64()))
+
+
+def read_table(path: str | os.PathLike):
+    """An abundance table written by `write_table` (Parquet or CSV), in the schema of COLUMNS."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such abundance table")
+    schema = _table([]).schema
+    if path.suffix.lower() == ".parquet":
+        return pq.read_table(path).select(list(COLUMNS)).cast(schema)
+    options = pacsv.ConvertOptions(column_types=schema, include_columns=list(COLUMNS))
+    return pacsv.read_csv(path, convert_options=options)
 
 
 def write_table(table, path: str | os.PathLike) -> Path:

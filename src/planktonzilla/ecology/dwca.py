@@ -303,3 +303,17 @@ def _eml(title, license, citation, creator, method, licenses) -> str:
   </gbif></metadata></additionalMetadata>
 </eml:eml>
 """
+
+
+def export_dwca(store, out, abundance_table=None, **options) -> Path:
+    """`pz export dwca`: the archive of a saved `pz abundance` table (Parquet / CSV), or of the
+    store's own labels (per m3) when none is given."""
+    if abundance_table is None:
+        from planktonzilla.ecology.abundance import abundance
+
+        table = abundance(store, rank="species", unit="m3")
+    else:
+        from planktonzilla.ecology.abundance import read_table
+
+        table = read_table(abundance_table)
+    return write_dwca(table, out, store=store, **options)
