@@ -45,10 +45,13 @@ __all__ = [
     "COLUMNS",
     "UNITS",
     "abundance",
+    "acc_draws",
     "acc_estimate",
     "bootstrap_interval",
     "load_confusion",
     "misclassification",
+    "pacc_draws",
+    "pacc_interval",
     "poisson_interval",
     "read_table",
     "write_table",
@@ -97,6 +100,11 @@ def acc_estimate(observed, m: np.ndarray) -> np.ndarray:
     return nnls(np.asarray(m, dtype=float).T, np.asarray(observed, dtype=float))[0]
 
 
+def _percentiles(estimate, draws, level: float):
+    a = (1 - level) / 2
+    return estimate, np.quantile(draws, a, axis=0), np.quantile(draws, 1 - a, axis=0)
+
+
 def bootstrap_interval(
     predicted: np.ndarray,
     confusion: np.ndarray,
@@ -105,7 +113,14 @@ def bootstrap_interval(
     level: float = _LEVEL,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ACC estimate of one unit and its percentile interval: each replicate redraws every
+    """ACC estimate of one unit and its percentile interval (`acc_draws`)."""
+    return _percentiles(*acc_draws(predicted, confusion, n_boot=n_boot, rng=rng), level)
+
+
+def acc_draws(
+    predicted: np.ndarray, confusion: np.ndarray, *, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """ACC estimate of one unit and `n_boot` bootstrap replicates of it: each redraws every
     validation row of `confusion` (multinomial, same class totals) and the unit's predicted
     counts (multinomial, same total)."""
     predicted = np.asarray(predicted, dtype=float)
@@ -113,8 +128,7 @@ def bootstrap_interval(
     estimate = acc_estimate(predicted, misclassification(confusion))
     total = int(predicted.sum())
     if total == 0:
-        zeros = np.zeros_like(estimate)
-        return estimate, zeros, zeros
+        return estimate, np.zeros((1, len(estimate)))
     rows = confusion.sum(axis=1).astype(int)
     m = misclassification(confusion)
     p = predicted / total
@@ -124,40 +138,66 @@ def bootstrap_interval(
         mb = misclassification(cb)
         mb[rows == 0] = m[rows == 0]
         draws[b] = acc_estimate(rng.multinomial(total, p), mb)
-    a = (1 - level) / 2
-    return estimate, np.quantile(draws, a, axis=0), np.quantile(draws, 1 - a, axis=0)
+    return estimate, draws
 
 
-def _pacc_interval(
+def _soft_misclassification(val_probs: np.ndarray, val_true: np.ndarray) -> np.ndarray:
+    """M[i] = the mean probability vector of the validation objects of true class i (identity
+    row for a class without validation objects)."""
+    k = val_probs.shape[1]
+    m = np.eye(k)
+    for i in range(k):
+        mask = val_true == i
+        if mask.any():
+            m[i] = val_probs[mask].mean(axis=0)
+    return m
+
+
+def pacc_interval(
+    probs: np.ndarray,
+    val_probs: np.ndarray,
+    val_true: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = _LEVEL,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PACC estimate of one unit and its percentile interval (`pacc_draws`)."""
+    return _percentiles(*pacc_draws(probs, val_probs, val_true, n_boot=n_boot, rng=rng), level)
+
+
+def pacc_draws(
     probs: np.ndarray,
     val_probs: np.ndarray,
     val_true: np.ndarray,
     *,
     n_boot: int,
-    level: float,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
+    """PACC estimate of one unit (`probs`: its objects' class probabilities) and `n_boot`
+    bootstrap replicates. The bootstrap is parametric in the composition: each replicate
+    rebuilds the unit from the estimate — round(n_i) objects of class i, each a validation
+    object of class i drawn at random — and re-estimates M from a class-stratified resample
+    of the validation set. (Resampling the unit's objects instead adds the variance of a
+    random composition, which a fixed sample does not have: it covered 100 %, not 95 %.)"""
     k = val_probs.shape[1]
-
-    def soft_m(vp, vt):
-        m = np.eye(k)
-        for i in range(k):
-            mask = vt == i
-            if mask.any():
-                m[i] = vp[mask].mean(axis=0)
-        return m
-
-    estimate = acc_estimate(probs.sum(axis=0), soft_m(val_probs, val_true))
+    estimate = acc_estimate(probs.sum(axis=0), _soft_misclassification(val_probs, val_true))
     if len(probs) == 0:
-        zeros = np.zeros(k)
-        return np.zeros(k), zeros, zeros
+        return estimate, np.zeros((1, k))
+    members = [np.flatnonzero(val_true == i) for i in range(k)]
+    composition = np.rint(estimate).astype(int)
     draws = np.empty((n_boot, k))
     for b in range(n_boot):
-        vi = rng.integers(0, len(val_true), len(val_true))
-        oi = rng.integers(0, len(probs), len(probs))
-        draws[b] = acc_estimate(probs[oi].sum(axis=0), soft_m(val_probs[vi], val_true[vi]))
-    a = (1 - level) / 2
-    return estimate, np.quantile(draws, a, axis=0), np.quantile(draws, 1 - a, axis=0)
+        val_index = np.concatenate([rng.choice(m, len(m)) for m in members if len(m)])
+        m_b = _soft_misclassification(val_probs[val_index], val_true[val_index])
+        q_b = np.zeros(k)
+        for i, n in enumerate(composition):
+            if n and len(members[i]):
+                q_b += val_probs[rng.choice(members[i], n)].sum(axis=0)
+            elif n:  # a class without validation objects: taken as always right
+                q_b[i] += n
+        draws[b] = acc_estimate(q_b, m_b)
+    return estimate, draws
 
 
 def load_confusion(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -218,7 +258,7 @@ def _labelled_sql(rank: str, where: str | None) -> str:
     FROM objects o {_UNIT_JOIN} {cond}"""
 
 
-def _predicted_sql(rank: str) -> str:
+def _predicted_sql(rank: str, where: str | None) -> str:
     """Predictions joined to their store objects; below the confident rank a prediction
     counts at its confident taxon."""
     limit = RANKS.index(rank)
@@ -237,7 +277,8 @@ def _predicted_sql(rank: str) -> str:
            CASE WHEN p.confident_rank IS NULL AND p.has_confidence THEN NULL
                 {rcases} ELSE {which} END AS rank,
            p.label AS class_label, p.row_index
-    FROM predictions p JOIN objects o ON o.object_id = p.object_id {_UNIT_JOIN}"""
+    FROM predictions p JOIN objects o ON o.object_id = p.object_id {_UNIT_JOIN}
+    {f"WHERE ({where})" if where else ""}"""
 
 
 def _register_predictions(con, path: str | os.PathLike) -> int:
@@ -316,7 +357,7 @@ def abundance(
             method = "labels"
         else:
             _register_predictions(con, predictions)
-            objects_sql = _predicted_sql(rank)
+            objects_sql = _predicted_sql(rank, where)
             method = "predicted"
         con.execute(f"CREATE TEMP VIEW unit_objects AS {objects_sql}")
         units = _units(con)
@@ -409,13 +450,19 @@ def _tidy(units: dict, counts, unit: str, method: str):
     return _table(rows)
 
 
-def _class_lineages(store, labels: Sequence[str]) -> dict[str, dict]:
+def _class_lineages(con, labels: Sequence[str]) -> dict[str, dict]:
+    """Each model class's lineage: as its predictions carry it, else resolved from its name."""
     from planktonzilla.taxonomy import resolve_label
 
-    out = {}
+    ranks = ", ".join(f'any_value("{r}") AS "{r}"' for r in RANKS)
+    out = {
+        row[0]: dict(zip(RANKS, row[1:], strict=True))
+        for row in con.execute(f"SELECT label, {ranks} FROM predictions GROUP BY label").fetchall()
+    }
     for label in labels:
-        lineage = resolve_label(label).lineage
-        out[label] = {r: getattr(lineage, r, None) for r in RANKS} if lineage else {}
+        if label not in out:
+            lineage = resolve_label(label).lineage
+            out[label] = {r: getattr(lineage, r, None) for r in RANKS} if lineage else {}
     return out
 
 
@@ -469,7 +516,14 @@ def _corrected(
         )
         all_probs = _probabilities(con, "pred_k", labels)
     index = {label: i for i, label in enumerate(labels)}
-    lineages = _class_lineages(store, labels)
+    lineages = _class_lineages(con, labels)
+    roll_up: dict[tuple, list[int]] = {}  # (taxon, rank) at the rank -> its classes
+    upto = RANKS[: RANKS.index(rank) + 1]
+    for i, label in enumerate(labels):
+        lineage = lineages.get(label) or {}
+        taxon_rank = next((r for r in reversed(upto) if lineage.get(r)), None)
+        if taxon_rank is not None:
+            roll_up.setdefault((lineage[taxon_rank], taxon_rank), []).append(i)
     objects = con.execute(
         "SELECT source, sample_id, subsample_id, class_label, row_index FROM unit_objects"
         " ORDER BY row_index"
@@ -487,22 +541,16 @@ def _corrected(
     for key, members in sorted(grouped.items(), key=lambda kv: tuple(map(str, kv[0]))):
         if correction == "acc":
             q = np.bincount([index[label] for _, label in members], minlength=len(labels))
-            est, lo, up = bootstrap_interval(q, matrix, n_boot=n_boot, rng=rng)
+            est, draws = acc_draws(q, matrix, n_boot=n_boot, rng=rng)
         else:
             probs = all_probs[[n for n, _ in members]]
-            est, lo, up = _pacc_interval(
-                probs, val_probs, val_true, n_boot=n_boot, level=_LEVEL, rng=rng
+            est, draws = pacc_draws(probs, val_probs, val_true, n_boot=n_boot, rng=rng)
+        # classes -> taxa at the rank: the replicates are summed before taking percentiles
+        per_taxon: dict[tuple, tuple] = {}
+        for (taxon, taxon_rank), classes in roll_up.items():
+            per_taxon[taxon, taxon_rank] = _percentiles(
+                est[classes].sum(), draws[:, classes].sum(axis=1), _LEVEL
             )
-        # classes -> taxa at the rank (lineage-aware sums; bounds summed: conservative)
-        per_taxon: dict[tuple, np.ndarray] = {}
-        for i, label in enumerate(labels):
-            lineage = lineages.get(label) or {}
-            upto = RANKS[: RANKS.index(rank) + 1]
-            taxon_rank = next((r for r in reversed(upto) if lineage.get(r)), None)
-            if taxon_rank is None:
-                continue
-            acc = per_taxon.setdefault((lineage[taxon_rank], taxon_rank), np.zeros(3))
-            acc += (est[i], lo[i], up[i])
         meta = units.get(key) or {}
         volume = meta.get("volume_ml")
         scale = per_ml / volume if volume else None
