@@ -77,11 +77,11 @@ def poisson_interval(counts, level: float = _LEVEL) -> tuple[np.ndarray, np.ndar
     """Exact (Garwood) interval of Poisson counts."""
     from scipy.stats import chi2
 
-    k = np.asarray(counts, dtype=float)
+    k, inverse = np.unique(np.asarray(counts, dtype=float), return_inverse=True)
     a = 1 - level
     lower = np.where(k > 0, chi2.ppf(a / 2, 2 * k) / 2, 0.0)
     upper = chi2.ppf(1 - a / 2, 2 * (k + 1)) / 2
-    return lower, upper
+    return lower[inverse].reshape(-1), upper[inverse].reshape(-1)
 
 
 def misclassification(confusion) -> np.ndarray:
@@ -360,18 +360,14 @@ def abundance(
             objects_sql = _predicted_sql(rank, where)
             method = "predicted"
         con.execute(f"CREATE TEMP VIEW unit_objects AS {objects_sql}")
-        units = _units(con)
-        counts = con.sql(
-            "SELECT source, sample_id, subsample_id, taxon, rank, count(*) AS n"
-            " FROM unit_objects WHERE taxon IS NOT NULL GROUP BY ALL"
-            f" UNION ALL SELECT source, sample_id, subsample_id, '{ALL_OBJECTS}', 'total',"
-            " count(*) FROM unit_objects GROUP BY ALL"
-        ).to_arrow_table()
-        table = _tidy(units, counts, unit, method)
+        # one pass over the objects: what the tidy table and the units need, per group
+        con.execute(f"CREATE TEMP TABLE counts AS {_COUNTS_SQL}")
+        con.execute(f"CREATE TEMP TABLE units AS {_UNITS_SQL}")
+        table = _tidy(con, unit, method)
         if correction:
             corrected = _corrected(
-                con, store, rank, unit, units, correction, confusion, validation, predictions,
-                n_boot, seed,
+                con, store, rank, unit, _units(con), correction, confusion, validation,
+                predictions, n_boot, seed,
             )  # fmt: skip
             table = pa.concat_tables([table, corrected.cast(table.schema)])
     finally:
@@ -379,31 +375,41 @@ def abundance(
     return _with_aphia(table, store)
 
 
+#: Each unit's metadata: the sample table's, filled from its objects (time, position, depth
+#: range) where the sample table has none; every sample of the sources counted, with objects
+#: or not.
+_COUNTS_SQL = """
+SELECT source, sample_id, subsample_id, taxon, rank, count(*) AS n, min(time_utc) AS time_utc,
+       sum(lat) AS lat_sum, count(lat) AS lat_n, sum(lon) AS lon_sum, count(lon) AS lon_n,
+       min(depth_min) AS depth_min, max(depth_max) AS depth_max
+FROM unit_objects GROUP BY ALL
+"""
+_UNITS_SQL = """
+WITH seen AS (
+    SELECT source, sample_id, subsample_id, min(time_utc) AS time_utc,
+           sum(lat_sum) / nullif(sum(lat_n), 0) AS lat, sum(lon_sum) / nullif(sum(lon_n), 0) AS lon,
+           min(depth_min) AS depth_min, max(depth_max) AS depth_max
+    FROM counts WHERE sample_id IS NOT NULL GROUP BY ALL)
+SELECT coalesce(s.source, seen.source) AS source,
+       coalesce(s.sample_id, seen.sample_id) AS sample_id,
+       coalesce(s.subsample_id, seen.subsample_id) AS subsample_id,
+       coalesce(s.time_utc, seen.time_utc) AS time_utc,
+       coalesce(s.lat, seen.lat) AS lat, coalesce(s.lon, seen.lon) AS lon,
+       coalesce(s.depth_min, seen.depth_min) AS depth_min,
+       coalesce(s.depth_max, seen.depth_max) AS depth_max,
+       s.volume_ml, coalesce(s.volume_method, 'none: counts only') AS volume_method
+FROM samples s FULL JOIN seen ON s.source = seen.source AND s.sample_id = seen.sample_id
+     AND s.subsample_id IS NOT DISTINCT FROM seen.subsample_id
+WHERE coalesce(s.source, seen.source) IN (SELECT DISTINCT source FROM unit_objects)
+"""
+_UNIT_COLUMNS = ("source", "sample_id", "subsample_id", "time_utc", "lat", "lon", "depth_min",
+                 "depth_max", "volume_ml", "volume_method")  # fmt: skip
+
+
 def _units(con) -> dict[tuple, dict[str, Any]]:
-    """(source, sample_id, subsample_id) -> the unit's metadata: the sample table's, filled
-    from its objects (time, position, depth range) where the sample table has none."""
-    rows = con.execute(
-        """
-        WITH seen AS (
-            SELECT source, sample_id, subsample_id, min(time_utc) AS time_utc, avg(lat) AS lat,
-                   avg(lon) AS lon, min(depth_min) AS depth_min, max(depth_max) AS depth_max
-            FROM unit_objects WHERE sample_id IS NOT NULL GROUP BY ALL)
-        SELECT coalesce(s.source, seen.source) AS source,
-               coalesce(s.sample_id, seen.sample_id) AS sample_id,
-               coalesce(s.subsample_id, seen.subsample_id) AS subsample_id,
-               coalesce(s.time_utc, seen.time_utc) AS time_utc,
-               coalesce(s.lat, seen.lat) AS lat, coalesce(s.lon, seen.lon) AS lon,
-               coalesce(s.depth_min, seen.depth_min) AS depth_min,
-               coalesce(s.depth_max, seen.depth_max) AS depth_max,
-               s.volume_ml, coalesce(s.volume_method, 'none: counts only') AS volume_method
-        FROM samples s FULL JOIN seen ON s.source = seen.source AND s.sample_id = seen.sample_id
-             AND s.subsample_id IS NOT DISTINCT FROM seen.subsample_id
-        WHERE coalesce(s.source, seen.source) IN (SELECT DISTINCT source FROM unit_objects)
-        """
-    ).fetchall()
-    keys = ("source", "sample_id", "subsample_id", "time_utc", "lat", "lon", "depth_min",
-            "depth_max", "volume_ml", "volume_method")  # fmt: skip
-    return {(r[0], r[1], r[2]): dict(zip(keys, r, strict=True)) for r in rows}
+    """(source, sample_id, subsample_id) -> the unit's metadata (the `units` table)."""
+    rows = con.execute(f"SELECT {', '.join(_UNIT_COLUMNS)} FROM units").fetchall()
+    return {(r[0], r[1], r[2]): dict(zip(_UNIT_COLUMNS, r, strict=True)) for r in rows}
 
 
 def _table(rows: list[dict]):
@@ -423,31 +429,50 @@ def _table(rows: list[dict]):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _tidy(units: dict, counts, unit: str, method: str):
-    """Every unit x every taxon of its source, with the Poisson interval of each count."""
-    per_ml = UNITS[unit]
-    found: dict[tuple, dict[tuple, int]] = {}
-    taxa: dict[str, set[tuple]] = {}
-    for r in counts.to_pylist():
-        key = (r["source"], r["sample_id"], r["subsample_id"])
-        found.setdefault(key, {})[r["taxon"], r["rank"]] = r["n"]
-        taxa.setdefault(r["source"], set()).add((r["taxon"], r["rank"]))
-    rows = []
-    for key, meta in sorted(units.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        for taxon, rank in sorted(taxa.get(key[0], ())):
-            n = found.get(key, {}).get((taxon, rank), 0)
-            rows.append({**meta, "taxon": taxon, "rank": rank, "count": float(n), "unit": unit})
-    lower, upper = poisson_interval([r["count"] for r in rows]) if rows else ([], [])
-    for r, lo, up in zip(rows, lower, upper, strict=True):
-        volume = r["volume_ml"]
-        scale = per_ml / volume if volume else None
-        r.update(
-            concentration=r["count"] * scale if scale else None,
-            lower=float(lo) * scale if scale else None,
-            upper=float(up) * scale if scale else None,
-            method=method,
-        )
-    return _table(rows)
+_TIDY_SQL = f"""
+WITH per_taxon AS (
+    SELECT source, sample_id, subsample_id, taxon, rank, n FROM counts WHERE taxon IS NOT NULL
+    UNION ALL
+    SELECT source, sample_id, subsample_id, '{ALL_OBJECTS}', 'total', sum(n)
+    FROM counts GROUP BY ALL),
+taxa AS (SELECT DISTINCT source, taxon, rank FROM per_taxon)
+SELECT {", ".join("u." + c for c in _UNIT_COLUMNS)}, t.taxon, t.rank,
+       coalesce(c.n, 0)::DOUBLE AS count
+FROM units u JOIN taxa t ON t.source = u.source
+LEFT JOIN per_taxon c ON c.source = u.source AND c.sample_id = u.sample_id
+     AND coalesce(c.subsample_id, '') = coalesce(u.subsample_id, '')
+     AND c.taxon = t.taxon AND c.rank = t.rank
+ORDER BY u.source, u.sample_id, u.subsample_id NULLS FIRST, t.rank, t.taxon
+"""
+
+
+def _tidy(con, unit: str, method: str):
+    """Every unit x every taxon of its source (zeros included), with the Poisson interval of
+    each count, scaled to a concentration by the unit's volume (null without one)."""
+    import pyarrow as pa
+
+    base = con.sql(_TIDY_SQL).to_arrow_table()
+    count = base["count"].to_numpy()
+    volume = base["volume_ml"].to_numpy(zero_copy_only=False).astype(float)  # null -> nan
+    lower, upper = poisson_interval(count)
+    scale = UNITS[unit] / np.where(volume > 0, volume, np.nan)
+    missing = ~np.isfinite(scale)
+
+    def scaled(values):
+        return pa.array(np.where(missing, 0.0, values * scale), pa.float64(), mask=missing)
+
+    schema = _table([]).schema
+    n = base.num_rows
+    columns = {
+        **{c: base[c] for c in base.column_names},
+        "aphia_id": pa.nulls(n, pa.int64()),
+        "concentration": scaled(count),
+        "lower": scaled(lower),
+        "upper": scaled(upper),
+        "unit": pa.array([unit] * n, pa.string()),
+        "method": pa.array([method] * n, pa.string()),
+    }
+    return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
 def _class_lineages(con, labels: Sequence[str]) -> dict[str, dict]:
@@ -572,8 +597,9 @@ def _corrected(
 
 
 def _with_aphia(table, store):
-    """Fill `aphia_id` of each (taxon, rank) from the store's taxonomy, else the backbone."""
+    """Fill `aphia_id` of each taxon from the store's taxonomy, else the backbone."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from planktonzilla.taxonomy import Backbone
 
@@ -582,16 +608,17 @@ def _with_aphia(table, store):
     for name, aphia in zip(tax["name"].to_pylist(), tax["aphia_id"].to_pylist(), strict=True):
         if name and aphia is not None:
             known.setdefault(name, int(aphia))
+    taxa = pc.unique(table["taxon"])
     backbone = None
     ids = []
-    for taxon in table["taxon"].to_pylist():
-        if taxon not in known:
+    for taxon in taxa.to_pylist():
+        if taxon not in known and taxon != ALL_OBJECTS:
             backbone = backbone or Backbone.load()
             hit = backbone.get(taxon)
             known[taxon] = hit.aphia_id if hit else None
-        ids.append(known[taxon])
-    index = table.schema.get_field_index("aphia_id")
-    return table.set_column(index, "aphia_id", pa.array(ids, pa.int64()))
+        ids.append(known.get(taxon))
+    aphia = pc.take(pa.array(ids, pa.int64()), pc.index_in(table["taxon"], value_set=taxa))
+    return table.set_column(table.schema.get_field_index("aphia_id"), "aphia_id", aphia)
 
 
 def read_table(path: str | os.PathLike):
