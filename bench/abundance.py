@@ -76,9 +76,15 @@ def build(root: Path, n_objects: int, n_samples: int) -> None:
         store,
         SOURCE,
         [
-            SampleRow(sample_id=f"s{k:05d}", volume_ml=float(rng.uniform(1e5, 1e6)),
-                      volume_method="user", origin="bench", time_utc=start + timedelta(days=k),
-                      lat=30.0, lon=-60.0)  # fmt: skip
+            SampleRow(
+                sample_id=f"s{k:05d}",
+                volume_ml=float(rng.uniform(1e5, 1e6)),
+                volume_method="user",
+                origin="bench",
+                time_utc=start + timedelta(days=k),
+                lat=30.0,
+                lon=-60.0,
+            )  # fmt: skip
             for k in range(n_samples)
         ],
     )
