@@ -13,7 +13,7 @@ from pathlib import Path
 from planktonzilla.exceptions import InputError
 from planktonzilla.fileio import atomic_write
 
-__all__ = ["plot_abundance"]
+__all__ = ["plot_abundance", "plot_png"]
 
 _TOP_TAXA = 8  # more panels than this stop being readable
 
@@ -67,21 +67,27 @@ def _figure(table, top: int):
     return fig
 
 
-def plot_abundance(table, path: str | os.PathLike, *, top: int = _TOP_TAXA) -> Path:
-    """Write the plot of the `top` most abundant taxa to `path` (.png or .html)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".png", ".html"):
-        raise InputError(f"{path}: plot to .png or .html")
+def plot_png(table, *, top: int = _TOP_TAXA) -> bytes:
+    """The plot of the `top` most abundant taxa, as PNG bytes."""
     import matplotlib.pyplot as plt
 
     fig = _figure(table, top)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_abundance(table, path: str | os.PathLike, *, top: int = _TOP_TAXA) -> Path:
+    """Write the plot of the `top` most abundant taxa to `path` (.png or .html)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".html"):
+        raise InputError(f"{path}: plot to .png or .html")
+    png = plot_png(table, top=top)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, png)
         return path
     columns = ["sample_id", "subsample_id", "time_utc", "depth_min", "depth_max", "taxon",
                "rank", "count", "concentration", "lower", "upper", "unit", "method"]  # fmt: skip
@@ -90,7 +96,7 @@ def plot_abundance(table, path: str | os.PathLike, *, top: int = _TOP_TAXA) -> P
                          for c in columns) + "</tr>"
         for r in table.to_pylist() if r["count"]
     )  # fmt: skip
-    image = base64.b64encode(buf.getvalue()).decode()
+    image = base64.b64encode(png).decode()
     page = (
         "<!doctype html><meta charset='utf-8'><title>abundance</title>"
         f"<img alt='abundance plot' src='data:image/png;base64,{image}'>"
