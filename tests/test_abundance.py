@@ -253,3 +253,27 @@ def test_table_round_trip_and_cli(tmp_path):
     assert read_table(tmp_path / "ab.parquet").to_pylist() == table.to_pylist()
     result = runner.invoke(app, ["abundance", "-s", str(store), "-o", str(out), "--rank", "x"])
     assert result.exit_code == 2 and "unknown rank" in result.output
+
+
+@pytest.mark.slow  # builds a (random-weight) model and loads torch
+def test_a_model_run_on_the_fly(tmp_path):
+    from planktonzilla.ecology.abundance import predict_store
+    from test_serve import build_tiny_model
+
+    store = ObjectStore(tmp_path / "store")
+    store.ingest(read_ifcb([IFCB / "smhi/bins"]), source="smhi")
+    rows, _ = read_samples(IFCB / "smhi/bins")
+    write_samples(store, "smhi", rows)
+    model = build_tiny_model(tmp_path / "model")  # random weights: any class will do
+    predictions = tmp_path / "pred.parquet"
+    n = predict_store(
+        store, model, predictions, where="source = 'smhi'", device="cpu", batch_size=7
+    )
+    stored = store.query("SELECT count(*) AS n FROM objects").column("n")[0].as_py()
+    assert n == stored == pq.read_table(predictions).num_rows
+    table = abundance(store, rank="order", predictions=predictions, where="source = 'smhi'")
+    (total,) = [r for r in table.to_pylist() if r["rank"] == "total"]
+    assert total["count"] == stored and total["method"] == "predicted"
+    # each prediction counts once, at the order or at its confident coarser rank (or not at
+    # all when no rank is confident)
+    assert sum(r["count"] for r in table.to_pylist() if r["rank"] != "total") <= stored

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import DEVICE_OPTION, console
 
 EXISTING_STORE = typer.Option(
     ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
@@ -62,10 +62,14 @@ def abundance(
     rank: str = typer.Option("genus", "--rank", help="kingdom … species"),
     unit: str = typer.Option("L", "--unit", help="Concentration per ml | L | m3"),
     predictions: Path = typer.Option(None, "--predictions", help="A pz predict output."),
+    model: Path = typer.Option(
+        None, "--model", help="Classify the store's images with this model first."
+    ),
+    device: str = DEVICE_OPTION,
     correction: str = typer.Option(None, "--correction", help="acc | pacc"),
     confusion: Path = typer.Option(None, "--confusion", help="acc: confusion matrix JSON."),
     validation: Path = typer.Option(None, "--validation", help="pacc: validation predictions."),
-    where: str = typer.Option(None, "--where", help="SQL filter on the objects (alias o)."),
+    where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
     plot: Path = typer.Option(None, "--plot", help="Plot: .png or .html"),
     n_boot: int = typer.Option(200, "--bootstrap", min=10, help="Bootstrap replicates."),
 ) -> None:
@@ -74,8 +78,13 @@ def abundance(
     from planktonzilla.ecology import abundance as ab
     from planktonzilla.store import ObjectStore
 
+    s = ObjectStore(store)
+    if model is not None and predictions is None:
+        predictions = out.with_name(out.stem + ".predictions.parquet")
+        n = ab.predict_store(s, model, predictions, where=where, device=device)
+        console.print(f"classified {n:,} images into {predictions}")
     table = ab.abundance(
-        ObjectStore(store), rank=rank, unit=unit, predictions=predictions,
+        s, rank=rank, unit=unit, predictions=predictions,
         correction=correction, confusion=confusion, validation=validation, where=where,
         n_boot=n_boot,
     )  # fmt: skip

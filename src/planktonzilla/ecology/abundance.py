@@ -53,6 +53,7 @@ __all__ = [
     "pacc_draws",
     "pacc_interval",
     "poisson_interval",
+    "predict_store",
     "read_table",
     "write_table",
 ]
@@ -251,11 +252,15 @@ LEFT JOIN samples s ON s.source = o.source AND s.sample_id = o.sample_id AND (
 
 def _labelled_sql(rank: str, where: str | None) -> str:
     taxon, which = _rank_expr(rank, "o.")
-    cond = f"WHERE ({where})" if where else ""
     return f"""
     SELECT o.source, o.sample_id, s.subsample_id, o.time_utc, o.lat, o.lon, o.depth_min,
            o.depth_max, {taxon} AS taxon, {which} AS rank
-    FROM objects o {_UNIT_JOIN} {cond}"""
+    FROM {_selected(where)} o {_UNIT_JOIN}"""
+
+
+def _selected(where: str | None) -> str:
+    """The objects view, filtered by the user's SQL condition (on its own columns)."""
+    return f"(SELECT * FROM objects WHERE ({where}))" if where else "objects"
 
 
 def _predicted_sql(rank: str, where: str | None) -> str:
@@ -277,8 +282,7 @@ def _predicted_sql(rank: str, where: str | None) -> str:
            CASE WHEN p.confident_rank IS NULL AND p.has_confidence THEN NULL
                 {rcases} ELSE {which} END AS rank,
            p.label AS class_label, p.row_index
-    FROM predictions p JOIN objects o ON o.object_id = p.object_id {_UNIT_JOIN}
-    {f"WHERE ({where})" if where else ""}"""
+    FROM predictions p JOIN {_selected(where)} o ON o.object_id = p.object_id {_UNIT_JOIN}"""
 
 
 def _register_predictions(con, path: str | os.PathLike) -> int:
@@ -316,6 +320,63 @@ def _register_predictions(con, path: str | os.PathLike) -> int:
 # ------------------------------------------------------------------------------- the table
 
 
+def predict_store(
+    store,
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    where: str | None = None,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> int:
+    """Run the model in `model_dir` over the store's images (those matching `where`, a SQL
+    condition on the objects view) into a Parquet predictions table at `out` (the columns of
+    `pz predict` plus object_id), streaming. Returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from planktonzilla.fileio import atomic_path
+    from planktonzilla.inference import Classifier
+
+    classifier = Classifier.load(model_dir, device=device)
+    condition = "image IS NOT NULL" + (f" AND ({where})" if where else "")
+    objects = store.objects(columns=["object_id"], images=True, where=condition)
+    written = 0
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            batch: list[dict] = []
+
+            def flush():
+                nonlocal writer, written
+                images = [o.pop("image") for o in batch]
+                rows = [
+                    {"object_id": o["object_id"], **p.to_row(top_k)}
+                    for o, p in zip(batch, classifier.predict(images, top_k=top_k), strict=True)
+                ]
+                table = pa.Table.from_pylist(rows)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                written += len(rows)
+                batch.clear()
+
+            for obj in objects:
+                batch.append(obj)
+                if len(batch) == batch_size:
+                    flush()
+            if batch or writer is None:
+                if batch:
+                    flush()
+                else:
+                    raise InputError("no stored image to classify (metadata-only objects?)")
+        finally:
+            if writer is not None:
+                writer.close()
+    return written
+
+
 def abundance(
     store,
     *,
@@ -334,7 +395,9 @@ def abundance(
     Labels are the store's own (validated) lineages, or with `predictions` a `pz predict`
     output for store objects. `correction` ("acc" with `confusion`, "pacc" with `validation`:
     a predictions table of validation objects with a `true_label` column and top-k
-    probabilities) corrects predicted counts for the classifier's errors."""
+    probabilities) corrects predicted counts for the classifier's errors. `where` is a SQL
+    condition on the objects view (e.g. ``"source = 'mvco'"``); every sample of the sources
+    it keeps is listed, with objects or not."""
     import pyarrow as pa
 
     if rank not in RANKS:
