@@ -24,6 +24,9 @@ def samples(
         None, "--volume-ml", help="A volume for every sample of the source that has none."
     ),
     depth_bin_m: float = typer.Option(5.0, "--depth-bin", help="UVP depth bin (m)."),
+    lat: float = typer.Option(None, "--lat", min=-90, max=90, help="Station latitude."),
+    lon: float = typer.Option(None, "--lon", min=-180, max=180, help="Station longitude."),
+    depth: float = typer.Option(None, "--depth", min=0, help="Sampling depth (m)."),
 ) -> None:
     """Record the sampled volume of each sample of SOURCE in the store (samples/SOURCE.parquet,
     joined at read time), read from the instrument's own files."""
@@ -44,6 +47,11 @@ def samples(
         finally:
             con.close()
         rows += user_volumes(sorted({k for (k,) in known} - have), volume_ml)
+    for row in rows:  # a fixed station (an IFCB on a dock) fills what the files do not say
+        row.lat = row.lat if row.lat is not None else lat
+        row.lon = row.lon if row.lon is not None else lon
+        if row.depth_min is None and depth is not None:
+            row.depth_min = row.depth_max = depth
     for line in problems:
         console.print(f"[yellow]skipped[/] {line}")
     n = write_samples(s, source, rows)
