@@ -146,6 +146,7 @@ def test_predictions_confident_rank_and_acc(uvp, tmp_path):
                 **o,
                 "label": o.pop("taxon"),
                 "confident_rank": "phylum" if unsure else "species",
+                "confident_probability": 0.5 if unsure else 0.875,
                 "error": None,
             }  # fmt: skip
         )
@@ -159,6 +160,9 @@ def test_predictions_confident_rank_and_acc(uvp, tmp_path):
             by_rank[r["rank"]] = by_rank.get(r["rank"], 0) + r["count"]
     unsure = sum(1 for i, o in enumerate(rows) if i % 4 == 0 and o["phylum"])
     assert by_rank["phylum"] >= unsure  # the unsure ones count at their confident rank
+    # the score is the mean probability of what a row counts (0.875 and 0.5 are exact floats)
+    scores = {r["score"] for r in table if r["count"] and r["rank"] == "class"}
+    assert scores == {0.875}
 
     confusion = tmp_path / "results.json"  # a perfect model: ACC changes nothing
     eye = (np.eye(len(labels)) * 50).astype(int).tolist()

@@ -26,6 +26,8 @@ row `ALL_OBJECTS` (rank "total") counting all its objects.
 Each has a percentile bootstrap interval that resamples both the validation set (the estimate
 of M) and the unit's objects (the observed q).
 Counts without correction carry the exact Poisson 95 % interval (Garwood) of the count.
+`score` is the mean classifier probability of the predictions counted in a row (the confident
+rank's probability where `pz predict` gives one); null for labels.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ UNITS = {"ml": 1.0, "L": 1000.0, "m3": 1e6}
 COLUMNS = (
     "source", "sample_id", "subsample_id", "time_utc", "lat", "lon", "depth_min", "depth_max",
     "volume_ml", "volume_method", "taxon", "rank", "aphia_id", "count", "concentration",
-    "lower", "upper", "unit", "method",
+    "lower", "upper", "unit", "method", "score",
 )  # fmt: skip
 _LEVEL = 0.95
 #: The taxon of each unit's row counting all its objects (rank "total"): an empty IFCB bin
@@ -254,7 +256,7 @@ def _labelled_sql(rank: str, where: str | None) -> str:
     taxon, which = _rank_expr(rank, "o.")
     return f"""
     SELECT o.source, o.sample_id, s.subsample_id, o.time_utc, o.lat, o.lon, o.depth_min,
-           o.depth_max, {taxon} AS taxon, {which} AS rank
+           o.depth_max, {taxon} AS taxon, {which} AS rank, NULL::DOUBLE AS score
     FROM {_selected(where)} o {_UNIT_JOIN}"""
 
 
@@ -281,7 +283,7 @@ def _predicted_sql(rank: str, where: str | None) -> str:
                 {cases} ELSE {taxon} END AS taxon,
            CASE WHEN p.confident_rank IS NULL AND p.has_confidence THEN NULL
                 {rcases} ELSE {which} END AS rank,
-           p.label AS class_label, p.row_index
+           p.label AS class_label, p.row_index, p.score
     FROM predictions p JOIN {_selected(where)} o ON o.object_id = p.object_id {_UNIT_JOIN}"""
 
 
@@ -310,9 +312,18 @@ def _register_predictions(con, path: str | os.PathLike) -> int:
         else "NULL::VARCHAR AS confident_rank, false AS has_confidence"
     )
     where = "WHERE error IS NULL OR CAST(error AS VARCHAR) = ''" if "error" in columns else ""
+    # the classifier's score of what is counted: the confident rank's probability, else top-1
+    score = next(
+        (
+            f"TRY_CAST({c} AS DOUBLE)"
+            for c in ("confident_probability", "probability")
+            if c in columns
+        ),
+        "NULL::DOUBLE",
+    )
     con.execute(
         f"CREATE TEMP VIEW predictions AS SELECT object_id, label, {ranks}, {conf},"
-        f" row_index FROM _pred {where}"
+        f" {score} AS score, row_index FROM _pred {where}"
     )
     return con.execute("SELECT count(*) FROM predictions").fetchone()[0]
 
@@ -442,7 +453,8 @@ def abundance(
 #: range) where the sample table has none; every sample of the sources counted, with objects
 #: or not.
 _COUNTS_SQL = """
-SELECT source, sample_id, subsample_id, taxon, rank, count(*) AS n, min(time_utc) AS time_utc,
+SELECT source, sample_id, subsample_id, taxon, rank, count(*) AS n, avg(score) AS score,
+       min(time_utc) AS time_utc,
        sum(lat) AS lat_sum, count(lat) AS lat_n, sum(lon) AS lon_sum, count(lon) AS lon_n,
        min(depth_min) AS depth_min, max(depth_max) AS depth_max
 FROM unit_objects GROUP BY ALL
@@ -486,7 +498,7 @@ def _table(rows: list[dict]):
             ("volume_ml", pa.float64()), ("volume_method", pa.string()), ("taxon", pa.string()),
             ("rank", pa.string()), ("aphia_id", pa.int64()), ("count", pa.float64()),
             ("concentration", pa.float64()), ("lower", pa.float64()), ("upper", pa.float64()),
-            ("unit", pa.string()), ("method", pa.string()),
+            ("unit", pa.string()), ("method", pa.string()), ("score", pa.float64()),
         ]
     )  # fmt: skip
     return pa.Table.from_pylist(rows, schema=schema)
@@ -494,13 +506,15 @@ def _table(rows: list[dict]):
 
 _TIDY_SQL = f"""
 WITH per_taxon AS (
-    SELECT source, sample_id, subsample_id, taxon, rank, n FROM counts WHERE taxon IS NOT NULL
+    SELECT source, sample_id, subsample_id, taxon, rank, n, score
+    FROM counts WHERE taxon IS NOT NULL
     UNION ALL
-    SELECT source, sample_id, subsample_id, '{ALL_OBJECTS}', 'total', sum(n)
+    SELECT source, sample_id, subsample_id, '{ALL_OBJECTS}', 'total', sum(n),
+           sum(score * n) / nullif(sum(CASE WHEN score IS NOT NULL THEN n END), 0)
     FROM counts GROUP BY ALL),
 taxa AS (SELECT DISTINCT source, taxon, rank FROM per_taxon)
 SELECT {", ".join("u." + c for c in _UNIT_COLUMNS)}, t.taxon, t.rank,
-       coalesce(c.n, 0)::DOUBLE AS count
+       coalesce(c.n, 0)::DOUBLE AS count, c.score
 FROM units u JOIN taxa t ON t.source = u.source
 LEFT JOIN per_taxon c ON c.source = u.source AND c.sample_id = u.sample_id
      AND coalesce(c.subsample_id, '') = coalesce(u.subsample_id, '')

@@ -200,6 +200,17 @@ def write_dwca(
                     "measurementRemarks": f"95% interval {_num(r['lower'])}-{_num(r['upper'])}",
                 }
             )
+        if r.get("score") is not None:
+            emof.append(
+                {
+                    "eventID": eid,
+                    "occurrenceID": oid,
+                    "measurementID": f"{oid}:score",
+                    "measurementType": "classifier score (mean probability of the predictions)",
+                    "measurementValue": _num(r["score"]),
+                    "measurementMethod": identified_by or method,
+                }
+            )
     for eid, e in events.items():
         if e.get("sampleSizeValue"):
             emof.append(
