@@ -26,7 +26,9 @@ Where each volume comes from (`volume_method`):
   otherwise), with `Efficiency` and the volume processed in `extra`.
 - `ecopart_par` — UVP5/UVP6: images per depth bin (column `imgcount` of the EcoPart particle
   file `*_PAR_raw_*.tsv`, repeated on every size-class row of a depth) x the volume of one
-  image (`acq_volimage`, litres, of the profile's row in the export's metadata summary).
+  image (`acq_volimage`, litres, of the profile's row in the export's metadata summary). The
+  PAR `depth` and the objects' `depth_including_offset` are taken on one scale, as EcoPart
+  exports both (an assumption: no offset is re-applied).
 - `ecotaxa_acq_sub_part` — ZooScan / net samples of an EcoTaxa export: each acquisition
   (fraction) saw `sample_tot_vol` (m3 filtered by the net) / `acq_sub_part` (the Motoda split
   denominator), so a count x acq_sub_part / sample_tot_vol is individuals per m3 — the
@@ -328,10 +330,11 @@ def ecotaxa_volumes(tsv: str | os.PathLike) -> list[SampleRow]:
     """One row per acquisition (`acq_id`) of an EcoTaxa export TSV: the volume its objects were
     counted in, sample_tot_vol (m3) / acq_sub_part."""
     path = Path(tsv)
-    rows = [r for r in _tsv(path) if not r.get("object_id", "").startswith("[")]  # type row
-    if rows and "acq_sub_part" not in rows[0]:
+    if not _has_column(path, "acq_sub_part"):
         raise InputError(f"{path}: no acq_sub_part column (not a ZooScan / net sample export)")
     out: dict[tuple[str, str], SampleRow] = {}
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = _first_rows(csv.DictReader(fh, delimiter="\t"))
     for row in rows:
         sample, acq = row.get("sample_id", ""), row.get("acq_id", "")
         if not sample or (sample, acq) in out:
@@ -372,6 +375,17 @@ def ecotaxa_volumes(tsv: str | os.PathLike) -> list[SampleRow]:
             extra=extra,
         )
     return list(out.values())
+
+
+def _first_rows(reader) -> list[dict[str, str]]:
+    """The first row of each (sample, acquisition), streaming: exports run to millions of rows
+    and every row of an acquisition repeats its sample and acq_ fields."""
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for row in reader:
+        if row.get("object_id", "").startswith("["):  # the type row of an import TSV
+            continue
+        seen.setdefault((row.get("sample_id", ""), row.get("acq_id", "")), row)
+    return list(seen.values())
 
 
 # --------------------------------------------------------------------------------------- user
@@ -425,7 +439,7 @@ def read_samples(
             elif f.suffix.lower() == ".tsv" and _has_column(f, "acq_sub_part"):
                 rows.extend(ecotaxa_volumes(f))
         except (InputError, OSError, UnicodeError) as exc:
-            problems.append(f"{f}: {exc}")
+            problems.append(str(exc) if str(f) in str(exc) else f"{f}: {exc}")
     return rows, problems
 
 
