@@ -185,6 +185,10 @@ def test_predictions_confident_rank_and_acc(uvp, tmp_path):
         ] * (1 + 1e-9)
     with pytest.raises(InputError, match="confusion"):
         abundance(uvp, predictions=predictions, correction="acc")
+    stranger = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"object_id": ["f" * 64], "label": ["Copepoda"]}), stranger)
+    with pytest.raises(InputError, match="none of its 1 object_ids"):
+        abundance(uvp, predictions=stranger)
 
 
 # --------------------------------------------------------- corrections where the truth is known

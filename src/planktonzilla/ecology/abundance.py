@@ -430,10 +430,21 @@ def abundance(
             objects_sql = _labelled_sql(rank, where)
             method = "labels"
         else:
-            _register_predictions(con, predictions)
+            n_predictions = _register_predictions(con, predictions)
             objects_sql = _predicted_sql(rank, where)
             method = "predicted"
         con.execute(f"CREATE TEMP VIEW unit_objects AS {objects_sql}")
+        if (
+            predictions is not None
+            and n_predictions
+            and not con.execute(
+                "SELECT count(*) FROM predictions p JOIN objects o USING (object_id)"
+            ).fetchone()[0]
+        ):
+            raise InputError(
+                f"{predictions}: none of its {n_predictions:,} object_ids is in the store "
+                "(predict the store itself: pz predict MODEL STORE --out FILE)"
+            )
         # one pass over the objects: what the tidy table and the units need, per group
         con.execute(f"CREATE TEMP TABLE counts AS {_COUNTS_SQL}")
         con.execute(f"CREATE TEMP TABLE units AS {_UNITS_SQL}")
