@@ -39,7 +39,7 @@ class PzGroup(TyperGroup):
             if PzGroup.debug:
                 raise
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None  # typer vendors click: its own Exit
 
 
 def fail(message: str) -> typer.Exit:

@@ -8,6 +8,7 @@ parses `manifest.json`:
       rejected/<source>/part-NNNNN.parquet  inputs not stored, with their reasons
       taxonomy/<source>.parquet             lineages of a user's own labels (joined at read time)
       splits/<name>.parquet                 object id -> train / val / test
+      samples/<source>.parquet              sampled volume per sample (joined at read time)
       evaluations/<run>/                    results.json, report.md, report.html
       cache/<kind>/<key>/                   derived data (e.g. cached features)
 """
@@ -84,6 +85,14 @@ class StoreLayout:
 
     def split(self, name: str) -> Path:
         return self.splits / f"{name}.parquet"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def source_samples(self, source: str) -> Path:
+        """`samples/<source>.parquet`: the sample table of one source (planktonzilla.ecology)."""
+        return self.samples / f"{source}.parquet"
 
     @property
     def evaluations(self) -> Path:
