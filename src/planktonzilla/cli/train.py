@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
 
 class Kind(StrEnum):
@@ -22,9 +22,7 @@ class Kind(StrEnum):
 
 def train(
     kind: Kind = typer.Argument(..., help="supervised or clip"),
-    store: Path = typer.Option(
-        ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
-    ),
+    store: Path = EXISTING_STORE_OPTION,
     split: str = typer.Option(..., "--split", help="Split table name (see `pz split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     config: Path = typer.Option(

@@ -10,6 +10,7 @@ parses `manifest.json`:
       splits/<name>.parquet                 object id -> train / val / test
       metadata/<source>.parquet             object id -> lat/lon/depth/time fetched after ingest
                                             (`pz enrich`; joined at read time, shard wins)
+      samples/<source>.parquet              sampled volume per sample (joined at read time)
       evaluations/<run>/                    results.json, report.md, report.html
       cache/<kind>/<key>/                   derived data (e.g. cached features)
 """
@@ -86,6 +87,14 @@ class StoreLayout:
 
     def split(self, name: str) -> Path:
         return self.splits / f"{name}.parquet"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def source_samples(self, source: str) -> Path:
+        """`samples/<source>.parquet`: the sample table of one source (planktonzilla.ecology)."""
+        return self.samples / f"{source}.parquet"
 
     @property
     def metadata(self) -> Path:

@@ -279,7 +279,8 @@ class ObjectStore:
         """A DuckDB connection with the views `objects` (image rows joined with their lineage:
         kingdom … species, taxon, taxon_rank, aphia_id, root_class, plankton, qualifier,
         taxonomy_status), `rejected`, `taxonomy` (the mapping in use) and `splits` (scheme,
-        object_id, split: every `splits/<scheme>.parquet`; empty when none)."""
+        object_id, split: every `splits/<scheme>.parquet`; empty when none) and `samples` (every
+        `samples/<source>.parquet`, schema.SAMPLES; empty when none)."""
         import duckdb
 
         con = duckdb.connect()
@@ -317,7 +318,21 @@ class ObjectStore:
                 "CREATE VIEW splits AS SELECT NULL::VARCHAR AS scheme,"
                 " NULL::VARCHAR AS object_id, NULL::VARCHAR AS split WHERE false"
             )
+        self._samples_view(con)
         return con
+
+    def _samples_view(self, con) -> None:
+        """The `samples` view: sampled volumes per sample (planktonzilla.ecology), joined at
+        read time like the taxonomy; the empty table of schema.SAMPLES when there are none."""
+        files = sorted(str(p) for p in self.layout.samples.glob("*.parquet"))
+        if files:
+            con.execute(
+                f"CREATE VIEW samples AS SELECT * FROM read_parquet({_sql_list(files)},"
+                " union_by_name = true)"
+            )
+        else:
+            con.register("_samples_empty", schema.SAMPLES.empty_table())
+            con.execute("CREATE VIEW samples AS SELECT * FROM _samples_empty")
 
     def taxonomy(self) -> pa.Table:
         """The mapping joined at read time: the shipped mapping of the public collections,
@@ -333,6 +348,17 @@ class ObjectStore:
             keep = [pair not in covered for pair in _pairs(local)]
             tables.append(local.filter(pa.array(keep, pa.bool_())))
         return pa.concat_tables(tables)
+
+    def refresh_taxonomy(self) -> list[str]:
+        """Resolve every source's labels again (after a backbone, mapping or name-index
+        update) into `taxonomy/<source>.parquet`; shards are never rewritten, and every
+        view (objects, captions, splits, training labels) reads the new lineages. Returns
+        the sources refreshed."""
+        sources = sorted(self.manifest()["sources"])
+        with self._lock():
+            for source in sources:
+                self._resolve_labels(source)
+        return sources
 
     def _resolve_labels(self, source: str) -> None:
         """Resolve the source's raw labels the shipped mapping does not cover, with the parser
