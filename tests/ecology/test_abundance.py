@@ -5,7 +5,6 @@ corrections where the truth is known (synthetic counts from a known confusion ma
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +27,9 @@ from planktonzilla.exceptions import InputError
 from planktonzilla.readers.ecotaxa import read_ecotaxa
 from planktonzilla.readers.ifcb import read_ifcb
 from planktonzilla.store import ObjectStore
+from pz_testing import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # conftest.SHARED_DATA
+DATA = SHARED_DATA
 TARA = DATA / "ecotaxa_exports/tara_zooscan/export.tsv"
 UVP = DATA / "ecotaxa_exports/uvp5_ecopart"
 IFCB = DATA / "ifcb_bins"
@@ -264,15 +264,14 @@ def test_table_round_trip_and_cli(tmp_path):
 
 
 @pytest.mark.slow  # builds a (random-weight) model and loads torch
-def test_a_model_run_on_the_fly(tmp_path):
+def test_a_model_run_on_the_fly(tmp_path, tiny_models):
     from planktonzilla.ecology.abundance import predict_store
-    from test_serve import build_tiny_model
 
     store = ObjectStore(tmp_path / "store")
     store.ingest(read_ifcb([IFCB / "smhi/bins"]), source="smhi")
     rows, _ = read_samples(IFCB / "smhi/bins")
     write_samples(store, "smhi", rows)
-    model = build_tiny_model(tmp_path / "model")  # random weights: any class will do
+    model = tiny_models["supervised"]  # random weights: any class will do
     predictions = tmp_path / "pred.parquet"
     n = predict_store(
         store, model, predictions, where="source = 'smhi'", device="cpu", batch_size=7

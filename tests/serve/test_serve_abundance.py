@@ -1,8 +1,6 @@
 """The web app's abundance view of a store: real IFCB bins, their header volumes, a real
 server on loopback."""
 
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -10,19 +8,19 @@ from planktonzilla.ecology.volumes import read_samples, write_samples
 from planktonzilla.readers.ifcb import read_ifcb
 from planktonzilla.serve import create_app
 from planktonzilla.store import ObjectStore
-from test_serve import build_tiny_model, running
+from pz_testing import SHARED_DATA, running
 
-BINS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifcb_bins" / "smhi" / "bins"
+BINS = SHARED_DATA / "ifcb_bins" / "smhi" / "bins"
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(tmp_path_factory, tiny_models):
     base = tmp_path_factory.mktemp("serve-abundance")
     store = ObjectStore(base / "store")
     assert store.ingest(read_ifcb([BINS]), source="smhi").ok
     rows, _ = read_samples(BINS)
     write_samples(store, "smhi", rows)
-    with running(create_app(build_tiny_model(base / "model"), store=store.path)) as url:
+    with running(create_app(tiny_models["supervised"], store=store.path)) as url:
         yield url
 
 

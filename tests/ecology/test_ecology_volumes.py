@@ -20,8 +20,9 @@ from planktonzilla.ecology.volumes import (
 from planktonzilla.exceptions import InputError
 from planktonzilla.store import ObjectStore
 from planktonzilla.store.schema import SAMPLES
+from pz_testing import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # conftest.SHARED_DATA
+DATA = SHARED_DATA
 IFCB = DATA / "ifcb_bins"
 
 

@@ -3,7 +3,6 @@ the OBIS community's checks (pyobistools: required fields, event ids, extension 
 
 import shutil
 import zipfile
-from pathlib import Path
 
 import dwca.read as dwca_read  # python-dwca-reader (the test extra)
 import pytest
@@ -17,8 +16,9 @@ from planktonzilla.ecology.volumes import read_samples, write_samples
 from planktonzilla.exceptions import InputError
 from planktonzilla.readers.ecotaxa import read_ecotaxa
 from planktonzilla.store import ObjectStore
+from pz_testing import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # conftest.SHARED_DATA
+DATA = SHARED_DATA
 UVP = DATA / "ecotaxa_exports/uvp5_ecopart"
 TARA = DATA / "ecotaxa_exports/tara_zooscan/export.tsv"
 
