@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import member_problem
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["FlowCamList", "read_cla", "read_flowcam", "read_lst"]
@@ -85,6 +86,10 @@ class FlowCamList:
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
 
 
+#: Most fields a list file may declare (VisualSpreadsheet writes about 60).
+_MAX_FIELDS = 10_000
+
+
 def read_lst(path: Path | str) -> FlowCamList:
     """Parse a VisualSpreadsheet list file (`.lst`, or a library's `.flb`)."""
     path = Path(path)
@@ -96,6 +101,8 @@ def read_lst(path: Path | str) -> FlowCamList:
         n = int(lines[start].split("|", 1)[1])
     except ValueError:
         raise FlowCamFormatError(f"{path}: bad header line {lines[start]!r}") from None
+    if not 0 < n <= _MAX_FIELDS:  # a negative count would swallow every particle as header
+        raise FlowCamFormatError(f"{path}: num-fields {n} is not between 1 and {_MAX_FIELDS}")
     header = lines[start + 1 : start + 1 + n]
     if len(header) < n or any("|" not in h for h in header):
         raise FlowCamFormatError(f"{path}: the header should list {n} 'name|type' fields")
@@ -292,6 +299,17 @@ def read_flowcam(paths: Path | str | Iterable[Path | str]) -> Iterator[Record | 
         yield from _read_list(lst)
 
 
+def _inside(folder: Path, name: str) -> bool:
+    """Whether the file a list names stays in its run folder (no '..', absolute path, or link
+    out of it): a list is input, and its names must not open arbitrary files."""
+    if member_problem(name):
+        return False
+    try:
+        return (folder / name).resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def _read_list(lst: Path) -> Iterator[Record | Rejection]:
     try:
         table = read_lst(lst)
@@ -322,7 +340,9 @@ def _read_list(lst: Path) -> Iterator[Record | Rejection]:
     for collage_name, rows in by_collage.items():
         collage_path = run.folder / collage_name
         image, problem = None, None
-        if not collage_name or not collage_path.is_file():
+        if not _inside(run.folder, collage_name):
+            problem = ("unsafe_path", f"collage {collage_name!r} is not a file of the run folder")
+        elif not collage_name or not collage_path.is_file():
             problem = ("missing_file", f"collage {collage_name or '(none named)'} is missing")
         else:
             try:

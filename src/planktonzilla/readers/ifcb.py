@@ -241,8 +241,8 @@ def _parse_adc(data: bytes, path: Path) -> list[list[str]]:
 
 def _number(value: str) -> float:
     x = float(value)
-    if math.isnan(x):
-        raise ValueError("NaN")
+    if not math.isfinite(x):  # `inf` / `1e400` would raise OverflowError in int()
+        raise ValueError(f"{value.strip()!r} is not a finite number")
     return x
 
 
@@ -336,6 +336,7 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
     iw, ih, isb = layout["roiwidth"], layout["roiheight"], layout["startbyte"]
     need = max(iw, ih, isb) + 1
     rois: list[tuple[int, list[str], int, int, int]] = []
+    wrong: list[Rejection] = []  # yielded once the whole ADC file is known to be readable
     for n, fields in enumerate(rows, start=1):
         try:
             if len(fields) < need:
@@ -358,8 +359,18 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
                 f"valid ADC row ({e})",
             )
             return
-        if w > 0 and h > 0:
+        if w < 0 or h < 0:  # not a trigger without an image (0): a row that is wrong
+            wrong.append(
+                Rejection(
+                    _pid(bin_id, n),
+                    "bad_row",
+                    f"ROI {n} of bin {bin_id}: negative ROI size {w}x{h} in {b.files['.adc'].name}",
+                    source_object_id=_pid(bin_id, n),
+                )
+            )
+        elif w > 0 and h > 0:
             rois.append((n, fields, w, h, start))
+    yield from wrong
 
     if not rois:
         yield Rejection(

@@ -6,9 +6,15 @@ Hugging Face `datasets` can open directly.
     manifest.json                          written last, atomically: what readers see
 
 Crash safety: a shard appears only by atomic rename, and every shard on disk is complete.
-A rerun of an interrupted ingest skips the inputs (by `origin`) already in a shard, adopts the
-shards the crashed run wrote, and then rewrites the manifest. Readers only see the shards the
-manifest lists, so a crashed ingest leaves the previous view intact.
+Before a shard is renamed into place its path is added to the ingest journal; a rerun of an
+interrupted ingest skips the inputs (by `origin`) already in a listed or journalled shard,
+adopts the journalled shards the crashed run wrote, and then rewrites the manifest. Readers
+only see the shards the manifest lists, so a crashed ingest leaves the previous view intact.
+
+Trust: only shards the manifest or the journal lists are ever read or adopted (a stray
+`part-*.parquet` is ignored, and `pz verify` names it). Listed shards are immutable: their
+checksum is computed once, when they are first listed; shard numbers are never reused, and an
+ingest refuses a store whose listed shards are missing or changed size (`pz verify`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planktonzilla._version import __version__
+from planktonzilla.constants import MAX_LABEL_CHARS
 from planktonzilla.exceptions import StoreError, StoreLockedError
 from planktonzilla.fileio import atomic_path, atomic_write, sha256_bytes, sha256_file
 from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, examine, examine_many
@@ -36,6 +43,8 @@ from planktonzilla.records import DEFAULTABLE, Record, Rejection
 from planktonzilla.store import schema
 from planktonzilla.store.layout import StoreLayout, read_manifest
 
+#: Characters of an over-long raw label kept in its `bad_label` rejection.
+_LABEL_KEPT = 200
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 
@@ -108,8 +117,11 @@ class _ShardWriter:
     """Buffers rows of one source and writes them as numbered shard pairs (objects and
     rejected share the number), each by atomic rename."""
 
-    def __init__(self, root: Path, source: str, shard_rows: int, shard_bytes: int):
-        layout = StoreLayout(root)
+    def __init__(
+        self, root: Path, source: str, shard_rows: int, shard_bytes: int, journal: list[str]
+    ):
+        layout = self.layout = StoreLayout(root)
+        self.journal = journal  # paths (relative to the store) of shards not yet listed
         self.dirs = {kind: layout.shard_dir(kind, source) for kind in ("objects", "rejected")}
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
@@ -147,13 +159,15 @@ class _ShardWriter:
             ("rejected", self.rejected, schema.REJECTED),
         ):
             if rows:
+                path = self.dirs[kind] / name
+                # journalled before it exists: the rerun of a killed ingest adopts it
+                self.journal.append(path.relative_to(self.layout.root).as_posix())
+                atomic_write(self.layout.journal, json.dumps(self.journal))
                 columns = [
                     pa.array(values, type=field.type)
                     for values, field in zip(zip(*rows, strict=True), table_schema, strict=True)
                 ]
-                _atomic_parquet(
-                    pa.Table.from_arrays(columns, schema=table_schema), self.dirs[kind] / name
-                )
+                _atomic_parquet(pa.Table.from_arrays(columns, schema=table_schema), path)
                 rows.clear()
                 wrote = True
         self.buffered_bytes = 0
@@ -215,9 +229,19 @@ class ObjectStore:
 
     # ---------------------------------------------------------------- reading
     def manifest(self) -> dict:
-        """The current manifest (an empty one for a new store)."""
+        """The current manifest (an empty one for a new store). `StoreError` when it is
+        damaged, or missing while shards exist that no interrupted ingest journalled."""
         manifest = read_manifest(self.path)
         if manifest is None:
+            if not self.layout.journal.exists() and any(
+                next(self.path.glob(f"{kind}/*/part-*.parquet"), None)
+                for kind in ("objects", "rejected")
+            ):
+                raise StoreError(
+                    f"{self.layout.manifest} is missing but {self.path} holds shards: the "
+                    "store is damaged; restore manifest.json from a backup (`pz verify` "
+                    "lists the shards)"
+                )
             return {"schema_version": schema.SCHEMA_VERSION, "sources": {}}
         return manifest
 
@@ -432,15 +456,50 @@ class ObjectStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _shards_on_disk(self, kind: str, source: str | None = None) -> list[Path]:
-        base = self.path / kind
-        if not base.is_dir():
+    def _journal(self) -> list[str]:
+        """Shards a killed ingest wrote before it could list them (relative paths)."""
+        path = self.layout.journal
+        try:
+            entries = json.loads(path.read_text())
+        except FileNotFoundError:
             return []
-        dirs = [base / source] if source else sorted(p for p in base.iterdir() if p.is_dir())
-        return sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if _PART.match(p.name))
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path} is damaged ({exc}): delete it to drop the unlisted shards of the "
+                "interrupted ingest, then rerun it"
+            ) from exc
+        return [e for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
+
+    def _shards(self, kind: str, source: str | None = None) -> list[Path]:
+        """The shards this store trusts: those the manifest lists (which must be intact:
+        present, of the listed size) and those the journal lists that exist."""
+        key = "shards" if kind == "objects" else "rejected_shards"
+        listed = []
+        for name, entry in self.manifest()["sources"].items():
+            if source is None or name == source:
+                for shard in entry[key]:
+                    path = self.path / shard["path"]
+                    try:
+                        size = path.stat().st_size
+                    except FileNotFoundError:
+                        size = None
+                    if size != shard["bytes"]:
+                        problem = "is missing" if size is None else f"has {size:,} bytes"
+                        raise StoreError(
+                            f"{shard['path']} {problem} (the manifest lists "
+                            f"{shard['bytes']:,} bytes): the store is damaged; run `pz verify` "
+                            "and restore the shard from a backup"
+                        )
+                    listed.append(path)
+        prefix = f"{kind}/" + (f"{source}/" if source else "")
+        for rel in self._journal():
+            path = self.path / rel
+            if rel.startswith(prefix) and _PART.match(path.name) and path.is_file():
+                listed.append(path)
+        return sorted(set(listed))
 
     def _column(self, kind: str, name: str, source: str | None = None) -> Iterator[Any]:
-        for path in self._shards_on_disk(kind, source):
+        for path in self._shards(kind, source):
             yield from pq.read_table(path, columns=[name]).column(name).to_pylist()
 
     def ingest(
@@ -480,11 +539,11 @@ class ObjectStore:
             accounted = set(self._column("objects", "origin", source))
             accounted.update(self._column("rejected", "origin", source))
             known = _KnownObjects()
-            for path in self._shards_on_disk("objects"):
+            for path in self._shards("objects"):
                 t = pq.read_table(path, columns=["object_id", "source", "raw_label"])
                 for oid, src, label in zip(*(c.to_pylist() for c in t.columns), strict=True):
                     known.add(oid, src, label)
-            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes)
+            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes, self._journal())
             seen_now: set[str] = set()
 
             def fresh() -> Iterator[Record | Rejection]:
@@ -503,6 +562,20 @@ class ObjectStore:
                         )
                         continue
                     seen_now.add(item.origin)
+                    if item.raw_label is not None and len(item.raw_label) > MAX_LABEL_CHARS:
+                        # bounded before anything parses it (the label resolver runs under
+                        # the lock); the rejection keeps the label's start
+                        yield Rejection(
+                            item.origin,
+                            item.reason if isinstance(item, Rejection) else "bad_label",
+                            item.message
+                            if isinstance(item, Rejection)
+                            else f"raw label of {len(item.raw_label):,} characters is over the "
+                            f"{MAX_LABEL_CHARS:,}-character limit",
+                            item.source_object_id,
+                            item.raw_label[:_LABEL_KEPT] + "…",
+                        )
+                        continue
                     if isinstance(item, Record):
                         for key in DEFAULTABLE:
                             if getattr(item, key) is None and defaults[key] is not None:
@@ -518,6 +591,7 @@ class ObjectStore:
             writer.flush()
             self._resolve_labels(source)
             self._write_manifest()
+            self.layout.journal.unlink(missing_ok=True)  # every journalled shard is listed
         return report
 
     def _processed(self, items, workers: int, max_bytes: int, max_pixels: int):
@@ -629,8 +703,9 @@ class ObjectStore:
         )
 
     def _write_manifest(self) -> None:
-        """Describe every shard on disk; reuse checksums of shards already described (shards
-        are immutable), hash only new ones. Written by atomic rename."""
+        """Describe every trusted shard (`_shards`); keep the entries of shards already
+        listed (immutable, checked intact by `_shards`), hash only the journalled ones.
+        Written by atomic rename."""
         previous = {
             shard["path"]: shard
             for entry in self.manifest()["sources"].values()
@@ -640,10 +715,10 @@ class ObjectStore:
 
         def describe(path: Path) -> dict:
             rel = path.relative_to(self.path).as_posix()
-            size = path.stat().st_size
             old = previous.get(rel)
-            if old and old["bytes"] == size:
+            if old:
                 return old
+            size = path.stat().st_size
             rows = pq.ParquetFile(path).metadata.num_rows
             return {"path": rel, "rows": rows, "bytes": size, "sha256": sha256_file(path)}
 
@@ -651,7 +726,7 @@ class ObjectStore:
 
         sources: dict[str, dict] = {}
         for kind, key in (("objects", "shards"), ("rejected", "rejected_shards")):
-            for path in self._shards_on_disk(kind):
+            for path in self._shards(kind):
                 entry = sources.setdefault(
                     path.parent.name,
                     {"objects": 0, "rejected": 0, "shards": [], "rejected_shards": []},
