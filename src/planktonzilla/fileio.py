@@ -26,6 +26,7 @@ __all__ = [
     "atomic_writer",
     "commit_file",
     "MAX_RATIO",
+    "RATIO_FLOOR",
     "RefusedInput",
     "member_problem",
     "gunzip_at_most",
@@ -44,9 +45,9 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 #: Largest expansion (declared size / compressed size) of an archive member or gzip stream
 #: that is read. Images barely compress and tables about 10:1; bombs reach 1,000:1 and more.
-#: Members under `_RATIO_FLOOR` are exempt (tiny files of zeros compress that well honestly).
+#: Members under `RATIO_FLOOR` are exempt (tiny files of zeros compress that well honestly).
 MAX_RATIO = 200
-_RATIO_FLOOR = 1 << 20
+RATIO_FLOOR = 1 << 20
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -165,7 +166,7 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo | str, limit: int) ->
         raise RefusedInput(
             "too_large", f"member {name!r} declares {info.file_size:,} bytes, over {limit:,}"
         )
-    if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+    if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
         raise RefusedInput(
             "too_compressed",
             f"member {name!r} expands {info.file_size / max(info.compress_size, 1):,.0f}:1, "
@@ -180,7 +181,7 @@ def gunzip_at_most(data: bytes, limit: int, what: str) -> bytes:
     import gzip
     import io
 
-    cap = min(limit, max(_RATIO_FLOOR, len(data) * MAX_RATIO))
+    cap = min(limit, max(RATIO_FLOOR, len(data) * MAX_RATIO))
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
         try:
             return read_at_most(fh, cap, f"{what} (decompressed)")
