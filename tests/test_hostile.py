@@ -108,12 +108,14 @@ def _build(root: Path, shared: Path) -> dict[str, dict]:
 
     d = root / "table_bomb"  # 300 MB of TSV in a zip of a few hundred KB
     d.mkdir()
-    with zipfile.ZipFile(d / "export.zip", "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("ecotaxa_big.tsv", "w", force_zip64=True) as fh:
-            fh.write(_TSV_HEAD.encode())
-            line = b"o\tx.png\tCopepoda\t" + b"a" * 1000 + b"\n"
-            for _ in range(300_000):
-                fh.write(line)
+    with (
+        zipfile.ZipFile(d / "export.zip", "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("ecotaxa_big.tsv", "w", force_zip64=True) as fh,
+    ):
+        fh.write(_TSV_HEAD.encode())
+        line = b"o\tx.png\tCopepoda\t" + b"a" * 1000 + b"\n"
+        for _ in range(300_000):
+            fh.write(line)
     cases["table_bomb"] = {"stored": 0, "reasons": {"too_compressed": 1}}
 
     d = root / "gzip_bomb"  # the same as a .tsv.gz

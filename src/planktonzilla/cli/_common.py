@@ -41,7 +41,7 @@ class PzGroup(TyperGroup):
             if PzGroup.debug:
                 raise
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
         except OSError as exc:
             if PzGroup.debug or exc.errno not in _DISK_ERRNOS:
                 raise
@@ -52,7 +52,7 @@ class PzGroup(TyperGroup):
                 soft_wrap=True,
                 highlight=False,
             )
-            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 #: Disk conditions a user fixes (full disk, quota, read-only mount): one line, not a trace.
