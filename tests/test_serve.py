@@ -449,3 +449,40 @@ def test_bounded_load_200_requests_20_concurrent(base_url, jpegs):
     assert [status for status, _ in answers] == [200] * 200
     assert all(body["count"] == 1 and not body["errors"] for _, body in answers)
     assert len({body["id"] for _, body in answers}) == 200
+
+
+# ---------------------------------------------------------------------- hostile clients
+def test_foreign_host_header_is_refused(client):
+    """DNS rebinding: a page on evil.example resolving its name to 127.0.0.1 sends its own
+    name as Host; only the bound (loopback) names are answered."""
+    assert client.get("/api/health").status_code == 200
+    for path in ("/api/stats", "/api/images", "/"):
+        r = client.get(path, headers={"Host": "evil.example:8000"})
+        assert r.status_code == 400, path
+
+
+def test_csv_download_escapes_formulas(client, jpegs):
+    data = jpegs[0].read_bytes()
+    r = post(client, [("=HYPERLINK(1).jpg", data), ("@sum.jpg", data)])
+    assert r.status_code == 200
+    csv_text = client.get(r.json()["downloads"]["csv"]).text
+    cells = [c for row in csv.reader(io.StringIO(csv_text)) for c in row]
+    assert "'=HYPERLINK(1).jpg" in cells and "'@sum.jpg" in cells
+    assert not any(c.startswith(("=", "@")) for c in cells)
+
+
+def test_slow_body_is_cut_off(model_dir):
+    from planktonzilla.serve import create_app
+
+    with running(create_app(model_dir, body_timeout=0.5)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                b"--b\r\n"
+            )  # ...and nothing more
+            start = time.monotonic()
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.monotonic() - start < 8

@@ -327,8 +327,18 @@ def csv_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(columns)
     for row in rows:
-        out.writerow([_csv_cell(row.get(c)) for c in columns])
+        out.writerow([_download_cell(row.get(c)) for c in columns])
     return buf.getvalue().encode("utf-8")
+
+
+def _download_cell(value: Any) -> str:
+    """A CSV cell a spreadsheet opens as text: a string starting with = + - @ or a tab / CR
+    (an input file name such as `=HYPERLINK(...)`) gets a leading `'` (OWASP's advice against
+    formula injection); numbers are left as they are."""
+    cell = _csv_cell(value)
+    if isinstance(value, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + cell
+    return cell
 
 
 def ecotaxa_tsv_bytes(rows: Sequence[dict[str, Any]], *, category: str = "label") -> bytes:

@@ -30,6 +30,7 @@ event loop keeps answering while the model works.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -47,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from planktonzilla.serve.browse import StoreBrowser, thumbnail_png
 from planktonzilla.serve.uploads import CheckedImage, Limits, UploadError, expand
@@ -98,15 +100,26 @@ _ERRORS = {
 }
 
 
+#: Longest wait, in seconds, for the next chunk of a request body.
+BODY_CHUNK_TIMEOUT = 15.0
+
+#: Host names a loopback server answers to (`create_app(allowed_hosts=…)`).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
 def create_app(
     model_dir: str | Path | Any,
     store: str | Path | None = None,
     limits: Limits = Limits(),  # frozen: safe as a default
     *,
     device: str = "auto",
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    body_timeout: float = BODY_CHUNK_TIMEOUT,
 ) -> FastAPI:
     """The web app for the model in `model_dir` (or an already loaded
-    `planktonzilla.inference.Classifier`), browsing `store` when given."""
+    `planktonzilla.inference.Classifier`), browsing `store` when given. Requests whose `Host`
+    header names none of `allowed_hosts` get 400: a web page on another site cannot reach a
+    loopback server through a name it controls (DNS rebinding); `("*",)` allows any."""
     from planktonzilla._version import __version__
     from planktonzilla.inference import Classifier
 
@@ -129,7 +142,8 @@ def create_app(
     )
     _document_errors(app)
     app.add_middleware(_SecurityHeaders)
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes, chunk_timeout=body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(UploadError)
@@ -435,11 +449,14 @@ def _error_response(exc: UploadError) -> JSONResponse:
 
 class _BodyLimit:
     """Refuses a request body over `max_bytes`: at once when Content-Length says so, else
-    as soon as the bytes received pass it (nothing beyond the limit is ever buffered)."""
+    as soon as the bytes received pass it (nothing beyond the limit is ever buffered); and a
+    body whose next chunk takes over `chunk_timeout` seconds to arrive (a slow-body client
+    would otherwise hold a connection, and its buffers, forever)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, chunk_timeout: float = BODY_CHUNK_TIMEOUT):
         self.app = app
         self.max_bytes = max_bytes
+        self.chunk_timeout = chunk_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -462,7 +479,14 @@ class _BodyLimit:
 
         async def limited_receive():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.chunk_timeout)
+            except TimeoutError:
+                raise UploadError(
+                    "request_timeout",
+                    f"the request body stalled for over {self.chunk_timeout:g} s",
+                    status=408,
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
