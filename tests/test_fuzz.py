@@ -22,7 +22,8 @@ SETTINGS = settings(
 # Cell text: anything but a line break (a line is a row), quotes and tabs very much included.
 _CELL = st.text(
     alphabet=st.one_of(
-        st.sampled_from("\"\t \\'[]<>;,.-0123456789eEnaN"), st.characters(exclude_characters="\r\n")
+        st.sampled_from("\"\t \\'[]<>;,.-0123456789eEnaN"),
+        st.characters(exclude_characters="\r\n", exclude_categories=("Cs",)),
     ),
     max_size=12,
 )
