@@ -263,3 +263,59 @@ def test_every_input_accounted_for(corpus, case):
     else:
         assert got["reasons"] == want["reasons"], got
     assert len(got["predict"]) == got["read"]  # prediction inputs: the same accounting
+
+
+# ------------------------------------------------------------------ one-line errors
+def _pz(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    code = "import sys; from planktonzilla.cli import app; sys.argv[0] = 'pz'; app()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def _folder(root: Path) -> Path:
+    (root / "im" / "cop").mkdir(parents=True)
+    for i in range(3):
+        (root / "im" / "cop" / f"{i}.png").write_bytes(_png(i * 50))
+    return root / "im"
+
+
+def test_locked_and_damaged_stores_are_one_line_errors(tmp_path):
+    import fcntl
+
+    images, store = _folder(tmp_path), tmp_path / "store"
+    assert (
+        _pz("ingest", "folder", str(images), "--store", str(store), "--source", "a").returncode == 0
+    )
+    with open(store / ".lock", "w") as fh:  # another process writing
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        locked = _pz("ingest", "folder", str(images), "--store", str(store), "--source", "b")
+    manifest = (store / "manifest.json").read_text()
+    (store / "manifest.json").write_text(manifest[: len(manifest) // 2])  # torn
+    damaged = _pz("stats", "--store", str(store))
+    for result, words in ((locked, "another process"), (damaged, "not valid JSON")):
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2  # one message (may wrap once)
+    debug = _pz("--debug", "stats", "--store", str(store))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_workers_without_a_main_guard_is_a_clear_error(tmp_path):
+    """The README's ingest(workers=2) example saved as a script without
+    `if __name__ == '__main__':` must stop with an error, not respawn workers forever."""
+    images = _folder(tmp_path)
+    script = tmp_path / "ingest_script.py"
+    script.write_text(
+        "from planktonzilla import ObjectStore\n"
+        "from planktonzilla.readers.folder import read_folder\n"
+        f"ObjectStore({str(tmp_path / 'store')!r}).ingest(\n"
+        f"    read_folder({str(images)!r}), source='a', workers=2)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode != 0
+    assert "__name__ == '__main__'" in result.stderr

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from planktonzilla.fileio import atomic_write
+
 PROTOCOLS = ("supervised", "zero-shot", "few-shot", "linear-probe", "cross-source")
 FORMAT = "planktonzilla-evaluation"
 FORMAT_VERSION = 1
@@ -418,9 +420,9 @@ def write_results(run: dict | list, out: str | os.PathLike, *, report: bool = Tr
     report with its plots, into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(run, indent=1, default=_json_default, allow_nan=False))
-    os.replace(tmp, out / "results.json")
+    atomic_write(
+        out / "results.json", json.dumps(run, indent=1, default=_json_default, allow_nan=False)
+    )
     if report:
         from planktonzilla.evaluate.report import write_report
 

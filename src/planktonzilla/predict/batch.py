@@ -123,7 +123,7 @@ def predict_to_file(
         so rows keep the input order."""
         fresh = 0
         for item in _items(inputs, where):
-            if item.origin in writer.done:
+            if writer.is_done(item.origin):
                 report.skipped += 1
                 continue
             if limit is not None and fresh >= limit:

@@ -23,7 +23,7 @@ import fcntl
 import json
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -608,26 +608,34 @@ class ObjectStore:
                 yield _outcome(item, examined)
             return
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        def jobs(chunks):
-            for chunk in chunks:
-                images = [(i.image, i.origin) for i in chunk if needs_examining(i)]
-                yield chunk, (images, max_bytes, max_pixels)
+        def done(chunk, future):
+            results = iter(future.result())
+            for item in chunk:
+                yield _outcome(item, next(results) if needs_examining(item) else None)
 
-        # spawn: DuckDB / Arrow threads in this process make fork unsafe.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pending: list[list] = []
-
-            def args():
-                for chunk, job in jobs(_chunks(items, 64)):
-                    pending.append(chunk)
-                    yield job
-
-            for examined in pool.imap(examine_many, args(), chunksize=1):
-                chunk = pending.pop(0)
-                results = iter(examined)
-                for item in chunk:
-                    yield _outcome(item, next(results) if needs_examining(item) else None)
+        # spawn: DuckDB / Arrow threads in this process make fork unsafe. At most two chunks
+        # per worker in flight: memory stays flat however many inputs come.
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending: deque = deque()
+                for chunk in _chunks(items, 64):
+                    images = [(i.image, i.origin) for i in chunk if needs_examining(i)]
+                    job = pool.submit(examine_many, (images, max_bytes, max_pixels))
+                    pending.append((chunk, job))
+                    if len(pending) >= 2 * workers:
+                        yield from done(*pending.popleft())
+                while pending:
+                    yield from done(*pending.popleft())
+        except BrokenProcessPool:
+            raise StoreError(
+                "a worker process of ingest(workers>1) died: in a script, put the code under "
+                "`if __name__ == '__main__':` (each worker re-imports the script), or use "
+                "workers=1"
+            ) from None
 
     @staticmethod
     def _file(result, source: str, now: datetime, known, writer, report) -> None:
