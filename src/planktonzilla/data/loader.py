@@ -387,6 +387,8 @@ class ImageTable(Dataset):
                 arr[j] = a if a.ndim == 2 else a.transpose(2, 0, 1)
                 kept.append(j)
         if len(kept) < len(idx):  # the batch shrinks by the images that failed
+            if not kept:
+                raise ValueError(f"none of the {len(idx)} images of a batch decodes (see above)")
             return out[kept], torch.from_numpy(self.labels[idx[kept]])
         return out, torch.from_numpy(self.labels[idx])
 
@@ -396,7 +398,7 @@ class ImageTable(Dataset):
         finds them all)."""
         try:
             return _render(self.image_bytes(i), self.preprocess, p, max_scale)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, zlib.error…
             oid = self.object_ids[i].as_py()
             warnings.warn(f"skipped object {oid}: its image does not decode ({exc})", stacklevel=2)
             return None
