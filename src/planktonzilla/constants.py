@@ -26,7 +26,7 @@ SPLIT_NAMES = {
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 
 #: Longest raw label an ingest accepts: a longer one is rejected as `bad_label` (real labels,
-#: EcoTaxa hierarchies included, stay under 300 characters). Raise it by editing this value.
+#: EcoTaxa hierarchies included, stay under 300 characters). `ingest(max_label_chars=…)`.
 MAX_LABEL_CHARS = 1_000
 
 #: Environment variable of the download / extraction cache of the public collections.

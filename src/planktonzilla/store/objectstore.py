@@ -517,11 +517,13 @@ class ObjectStore:
         shard_bytes: int = 256 * 1024 * 1024,
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
+        max_label_chars: int = MAX_LABEL_CHARS,
     ) -> IngestReport:
         """Store every image of `records` under `source`; record every other input in
         `rejected`. Exact duplicates (same bytes, in any source) are stored once. Resumable
         and idempotent: inputs whose `origin` is already accounted for are skipped. The
-        keyword metadata fill the fields a record leaves empty."""
+        keyword metadata fill the fields a record leaves empty. Limits: `max_bytes` and
+        `max_pixels` per image (`too_large`), `max_label_chars` per raw label (`bad_label`)."""
         if not _SOURCE_NAME.match(source):
             raise StoreError(
                 f"invalid source name {source!r}: use letters, digits, '.', '_' or '-'"
@@ -562,7 +564,7 @@ class ObjectStore:
                         )
                         continue
                     seen_now.add(item.origin)
-                    if item.raw_label is not None and len(item.raw_label) > MAX_LABEL_CHARS:
+                    if item.raw_label is not None and len(item.raw_label) > max_label_chars:
                         # bounded before anything parses it (the label resolver runs under
                         # the lock); the rejection keeps the label's start
                         yield Rejection(
@@ -571,7 +573,7 @@ class ObjectStore:
                             item.message
                             if isinstance(item, Rejection)
                             else f"raw label of {len(item.raw_label):,} characters is over the "
-                            f"{MAX_LABEL_CHARS:,}-character limit",
+                            f"{max_label_chars:,}-character limit",
                             item.source_object_id,
                             item.raw_label[:_LABEL_KEPT] + "…",
                         )
