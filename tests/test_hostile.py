@@ -17,6 +17,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -42,8 +43,8 @@ for case, path in json.loads(sys.argv[2]):
     path = f"{root}/{case}/{path}"
     out = {"case": case}
     try:
-        if case == "extract_bomb":
-            extract(f"{root}/{case}/bomb.zip", f"{root}/{case}/out")
+        if case.startswith("extract_"):
+            extract(path, f"{root}/{case}/out")
         else:
             r = ObjectStore(f"{root}/stores/{case}").ingest(
                 read_inputs(path, ingest=True), source="s")
@@ -67,6 +68,22 @@ def _png(value: int = 0, size: int = 12) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (size, size), value).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class _Zeros(io.RawIOBase):
+    """`n` zero bytes, streamed (tarfile reads its members from a file object)."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        k = min(len(buf), self.left)
+        buf[:k] = bytes(k)
+        self.left -= k
+        return k
 
 
 def _zeros_member(zf: zipfile.ZipFile, name: str, n: int) -> None:
@@ -195,7 +212,15 @@ def _build(root: Path, shared: Path) -> dict[str, dict]:
     d.mkdir()
     with zipfile.ZipFile(d / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         _zeros_member(zf, "zeros.bin", 200 << 20)
-    cases["extract_bomb"] = {"error": "expands past"}
+    cases["extract_bomb"] = {"error": "expands past", "path": "bomb.zip"}
+
+    d = root / "extract_tar_bomb"  # the same as a .tar.gz
+    d.mkdir()
+    with tarfile.open(d / "bomb.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 200 << 20
+        tf.addfile(info, _Zeros(info.size))
+    cases["extract_tar_bomb"] = {"error": "expands past", "path": "bomb.tar.gz"}
     return cases
 
 
@@ -246,6 +271,7 @@ def test_peak_memory_is_bounded(corpus):
         "flowcam_negative",
         "flowcam_escape",
         "extract_bomb",
+        "extract_tar_bomb",
     ],
 )
 def test_every_input_accounted_for(corpus, case):
