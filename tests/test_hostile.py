@@ -328,6 +328,25 @@ def test_locked_and_damaged_stores_are_one_line_errors(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_full_disk_is_a_one_line_error(tmp_path):
+    """/dev/full answers every write with ENOSPC (full(4)): a real full-disk condition."""
+    images, store = _folder(tmp_path), tmp_path / "store"
+    assert (
+        _pz("ingest", "folder", str(images), "--store", str(store), "--source", "a").returncode == 0
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    code = "import sys; from planktonzilla.cli import app; sys.argv[0] = 'pz'; app()"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-c", code, "query", "select * from objects", "--store", str(store),
+             "--format", "csv"],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert "No space left" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
 def test_workers_without_a_main_guard_is_a_clear_error(tmp_path):
     """The README's ingest(workers=2) example saved as a script without
     `if __name__ == '__main__':` must stop with an error, not respawn workers forever."""
