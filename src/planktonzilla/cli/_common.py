@@ -72,6 +72,10 @@ SOURCE_OPTION = typer.Option(..., "--source", help="Source name the images are f
 WORKERS_OPTION = typer.Option(1, "--workers", "-j", min=1, help="Processes that decode and hash.")
 
 
+#: Options of `pz ingest` itself, shared by its sub-commands (set by its callback).
+INGEST_FLAGS = {"retry_rejected": False}
+
+
 def run_ingest(
     records: Iterable[Record | Rejection],
     *,
@@ -85,7 +89,12 @@ def run_ingest(
     from planktonzilla.store import ObjectStore
 
     report = ObjectStore(store).ingest(
-        records, source=source, workers=workers, progress=True, **defaults
+        records,
+        source=source,
+        workers=workers,
+        progress=True,
+        retry_rejected=INGEST_FLAGS["retry_rejected"],
+        **defaults,
     )
     print_ingest_report(report)
     if not report.ok:

@@ -14,7 +14,9 @@ only see the shards the manifest lists, so a crashed ingest leaves the previous 
 Trust: only shards the manifest or the journal lists are ever read or adopted (a stray
 `part-*.parquet` is ignored, and `pz verify` names it). Listed shards are immutable: their
 checksum is computed once, when they are first listed; shard numbers are never reused, and an
-ingest refuses a store whose listed shards are missing or changed size (`pz verify`).
+ingest refuses a store whose listed shards are missing or changed size (`pz verify`). The one
+replacement: `retry_rejected` swaps a rejected shard for a new copy without the inputs read
+again (journalled as `-old` + the copy, so the swap is atomic with the manifest).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class IngestReport:
     stored: int = 0
     rejected: int = 0
     skipped: int = 0
+    retried: int = 0  # rejected inputs read again (`retry_rejected`), counted in `read`
     reasons: Counter = field(default_factory=Counter)
     label_conflicts: int = 0  # duplicates whose kept copy carries another raw label
 
@@ -71,6 +74,7 @@ class IngestReport:
             f"{self.source}: read {self.read:,} = stored {self.stored:,} + rejected "
             f"{self.rejected:,}"
             + (f"  (already in store: {self.skipped:,})" if self.skipped else "")
+            + (f"  (rejected before, read again: {self.retried:,})" if self.retried else "")
         ]
         for reason, n in self.reasons.most_common():
             lines.append(f"  rejected {n:,} x {reason}")
@@ -457,7 +461,8 @@ class ObjectStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _journal(self) -> list[str]:
-        """Shards a killed ingest wrote before it could list them (relative paths)."""
+        """Shards a killed ingest wrote before it could list them (relative paths), listed
+        shards it replaced (`-path`) and the sources it was retrying (`retry:<source>`)."""
         path = self.layout.journal
         try:
             entries = json.loads(path.read_text())
@@ -492,11 +497,46 @@ class ObjectStore:
                         )
                     listed.append(path)
         prefix = f"{kind}/" + (f"{source}/" if source else "")
-        for rel in self._journal():
+        journal = self._journal()
+        dropped = {self.path / e[1:] for e in journal if e.startswith("-")}
+        for rel in journal:
             path = self.path / rel
             if rel.startswith(prefix) and _PART.match(path.name) and path.is_file():
                 listed.append(path)
-        return sorted(set(listed))
+        return sorted(set(listed) - dropped)
+
+    def _retire_rejections(self, source: str, candidates: set[str], writer: _ShardWriter):
+        """Drop from the listed rejected shards of `source` the retried inputs (`candidates`)
+        that this run (or the interrupted one it completes) read again: each such shard is
+        replaced by a copy without them, so that read = stored + rejected still holds."""
+        journal = writer.journal
+        new = [self.path / e for e in journal if e.startswith(("objects/", "rejected/"))]
+        superseded = set()
+        for path in new:
+            if path.parent.name == source and path.is_file():
+                superseded.update(pq.read_table(path, columns=["origin"])["origin"].to_pylist())
+        superseded &= candidates
+        if not superseded:
+            return []
+        retired = []
+        entry = self.manifest()["sources"].get(source, {})
+        for shard in entry.get("rejected_shards", []):
+            if "-" + shard["path"] in journal:
+                continue  # replaced by the interrupted run already
+            path = self.path / shard["path"]
+            table = pq.read_table(path)
+            keep = [o not in superseded for o in table["origin"].to_pylist()]
+            if all(keep):
+                continue
+            if any(keep):
+                copy = writer.dirs["rejected"] / f"part-{writer.next_part:05d}.parquet"
+                writer.next_part += 1
+                _atomic_parquet(table.filter(pa.array(keep)), copy)  # unlisted until journalled
+                journal.append(copy.relative_to(self.path).as_posix())
+            journal.append("-" + shard["path"])
+            atomic_write(self.layout.journal, json.dumps(journal))
+            retired.append(path)
+        return retired
 
     def _column(self, kind: str, name: str, source: str | None = None) -> Iterator[Any]:
         for path in self._shards(kind, source):
@@ -518,12 +558,15 @@ class ObjectStore:
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
         max_label_chars: int = MAX_LABEL_CHARS,
+        retry_rejected: bool = False,
     ) -> IngestReport:
         """Store every image of `records` under `source`; record every other input in
         `rejected`. Exact duplicates (same bytes, in any source) are stored once. Resumable
         and idempotent: inputs whose `origin` is already accounted for are skipped. The
         keyword metadata fill the fields a record leaves empty. Limits: `max_bytes` and
-        `max_pixels` per image (`too_large`), `max_label_chars` per raw label (`bad_label`)."""
+        `max_pixels` per image (`too_large`), `max_label_chars` per raw label (`bad_label`).
+        `retry_rejected`: read again the inputs this source rejected (e.g. repaired in place);
+        each one's old rejection is replaced by its new outcome."""
         if not _SOURCE_NAME.match(source):
             raise StoreError(
                 f"invalid source name {source!r}: use letters, digits, '.', '_' or '-'"
@@ -538,14 +581,30 @@ class ObjectStore:
         with self._lock():
             for tmp in self.path.glob("*/*/*.tmp"):  # debris of a killed run
                 tmp.unlink()
+            journal = self._journal()
+            marker = f"retry:{source}"
+            retry = retry_rejected or marker in journal  # a killed retry run is completed
             accounted = set(self._column("objects", "origin", source))
             accounted.update(self._column("rejected", "origin", source))
+            candidates: set[str] = set()
+            if retry:  # rejected in listed shards and stored in none; not re-read yet
+                pending = {self.path / e for e in journal}  # shards of a killed run
+                listed, reread = {}, set()
+                for kind in ("objects", "rejected"):
+                    shards = self._shards(kind, source)
+                    listed[kind] = _origins(p for p in shards if p not in pending)
+                    reread |= _origins(p for p in shards if p in pending)
+                candidates = listed["rejected"] - listed["objects"]
+                accounted -= candidates - reread
+            if retry and marker not in journal:
+                journal.append(marker)
+                atomic_write(self.layout.journal, json.dumps(journal))
             known = _KnownObjects()
             for path in self._shards("objects"):
                 t = pq.read_table(path, columns=["object_id", "source", "raw_label"])
                 for oid, src, label in zip(*(c.to_pylist() for c in t.columns), strict=True):
                     known.add(oid, src, label)
-            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes, self._journal())
+            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes, journal)
             seen_now: set[str] = set()
 
             def fresh() -> Iterator[Record | Rejection]:
@@ -554,6 +613,7 @@ class ObjectStore:
                         report.skipped += 1
                         continue
                     report.read += 1
+                    report.retried += item.origin in candidates
                     if item.origin in seen_now:
                         yield Rejection(
                             item.origin,
@@ -591,8 +651,11 @@ class ObjectStore:
                     self._file(result, source, now, known, writer, report)
                     advance()
             writer.flush()
+            retired = self._retire_rejections(source, candidates, writer) if retry else []
             self._resolve_labels(source)
             self._write_manifest()
+            for path in retired:  # no longer listed: their replacements are
+                path.unlink(missing_ok=True)
             self.layout.journal.unlink(missing_ok=True)  # every journalled shard is listed
         return report
 
@@ -754,6 +817,10 @@ class ObjectStore:
             "sources": dict(sorted(sources.items())),
         }
         atomic_write(self.layout.manifest, json.dumps(manifest, indent=1))
+
+
+def _origins(paths: Iterable[Path]) -> set[str]:
+    return {o for p in paths for o in pq.read_table(p, columns=["origin"])["origin"].to_pylist()}
 
 
 def _sql_list(paths: list[str]) -> str:

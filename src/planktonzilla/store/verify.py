@@ -20,6 +20,7 @@ from pathlib import Path
 from planktonzilla.exceptions import StoreError
 from planktonzilla.fileio import sha256_file
 from planktonzilla.store.layout import StoreLayout, read_manifest
+from planktonzilla.store.objectstore import ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]
 
@@ -28,8 +29,8 @@ _KINDS = (("objects", "shards"), ("rejected", "rejected_shards"))
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding: `kind` is `manifest`, `missing`, `size`, `checksum`, `footer`, `rows`,
-    `foreign`, `unlisted` or `image`; `path` the file (relative to the store)."""
+    """One finding: `kind` is `manifest`, `journal`, `missing`, `size`, `checksum`, `footer`,
+    `rows`, `foreign`, `unlisted` or `image`; `path` the file (relative to the store)."""
 
     kind: str
     path: str
@@ -71,7 +72,11 @@ def verify_store(path: str | os.PathLike, *, deep: bool = False) -> VerifyReport
                 report.problems.extend(
                     _check_shard(root, shard, deep and kind == "objects", report)
                 )
-    journalled = set(_journal(layout))
+    try:  # the journal's own parser (the store package owns its format)
+        journalled = set(ObjectStore(root)._journal())
+    except StoreError as exc:
+        report.problems.append(Problem("journal", layout.journal.name, str(exc)))
+        journalled = set()
     for rel in _part_files(root):
         if rel in listed:
             continue
@@ -93,16 +98,6 @@ def _part_files(root: Path) -> Iterator[str]:
             for p in sorted(base.glob("*/*")):
                 if not p.name.endswith(".tmp"):  # debris of a killed write, removed on ingest
                     yield p.relative_to(root).as_posix()
-
-
-def _journal(layout: StoreLayout) -> list[str]:
-    import json
-
-    try:
-        entries = json.loads(layout.journal.read_text())
-    except (OSError, ValueError):
-        return []
-    return [e for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
 
 
 def _check_shard(root: Path, shard: dict, deep: bool, report: VerifyReport) -> list[Problem]:
