@@ -181,6 +181,12 @@ def _build(root: Path, shared: Path) -> dict[str, dict]:
             f[16] = edit[1]
         lines[1] = ",".join(f)
         (d / f"{stem}.adc").write_text("\n".join(lines) + "\n")
+    d = root / "ifcb_fifo"  # the bin's .roi is a FIFO: not a file of the bin, never opened
+    d.mkdir()
+    for suffix in (".hdr", ".adc"):
+        shutil.copy(src / f"{stem}{suffix}", d / f"{stem}{suffix}")
+    os.mkfifo(d / f"{stem}.roi")
+    cases["ifcb_fifo"] = {"stored": 0, "reasons": {"partial_bin": 1}}
     cases["ifcb_negative"] = {"stored": 16, "reasons": {"bad_row": 1}}  # 17 ROIs
     cases["ifcb_inf"] = {"stored": 0, "reasons": {"invalid_bin": 1}}
 
@@ -206,6 +212,10 @@ def _build(root: Path, shared: Path) -> dict[str, dict]:
                     lines[i] = "|".join(cells)
         lst.write_text("\n".join(lines) + "\n")
     cases["flowcam_negative"] = {"stored": 0, "reasons": {"invalid_list": 1}}
+    d = root / "flowcam_fifo"  # a list file that is a FIFO
+    d.mkdir()
+    os.mkfifo(d / "run.lst")
+    cases["flowcam_fifo"] = {"stored": 0, "reasons": {"invalid_list": 1}}
     cases["flowcam_escape"] = {"stored": 0, "only": "unsafe_path"}
 
     d = root / "extract_bomb"  # --from extraction: 200 MB of zeros in a 200 KB zip
@@ -266,8 +276,10 @@ def test_peak_memory_is_bounded(corpus):
         "devices",
         "ifcb_negative",
         "ifcb_inf",
+        "ifcb_fifo",
         "flowcam_negative",
         "flowcam_escape",
+        "flowcam_fifo",
         "extract_bomb",
         "extract_tar_bomb",
     ],

@@ -151,7 +151,9 @@ def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
                 "too_large", f"{path}: {st.st_size:,} bytes is over the {limit:,}-byte limit"
             )
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            return read_at_most(fh, limit, str(path))
+            data = fh.read(st.st_size)  # one allocation: the size is known
+            more = read_at_most(fh, limit - len(data), str(path))  # b"" unless it grew
+            return data + more if more else data
     finally:
         os.close(fd)
 

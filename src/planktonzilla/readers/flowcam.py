@@ -33,7 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from planktonzilla.exceptions import ReaderError
-from planktonzilla.fileio import member_problem
+from planktonzilla.fileio import member_problem, read_regular_file
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["FlowCamList", "read_cla", "read_flowcam", "read_lst"]
@@ -86,6 +86,16 @@ class FlowCamList:
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
 
 
+#: Largest list, class or metadata file read (bytes): a run of a million particles is ~200 MB.
+_MAX_TEXT = 1 << 30
+
+
+def _text(path: Path) -> str:
+    """A text file of the run, refused (`RefusedInput`, an OSError) when it is not a regular
+    file (a FIFO would block) or is over `_MAX_TEXT`."""
+    return read_regular_file(path, _MAX_TEXT).decode("utf-8", errors="replace")
+
+
 #: Most fields a list file may declare (VisualSpreadsheet writes about 60).
 _MAX_FIELDS = 10_000
 
@@ -93,7 +103,7 @@ _MAX_FIELDS = 10_000
 def read_lst(path: Path | str) -> FlowCamList:
     """Parse a VisualSpreadsheet list file (`.lst`, or a library's `.flb`)."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = _text(path).splitlines()
     start = next((i for i, ln in enumerate(lines[:3]) if ln.startswith("num-fields|")), None)
     if start is None:
         raise FlowCamFormatError(f"{path}: no 'num-fields|N' header line")
@@ -123,7 +133,7 @@ def read_lst(path: Path | str) -> FlowCamList:
 def read_cla(path: Path | str) -> tuple[str, dict[int, str]]:
     """Parse a `.cla` classification file → (classification name, {particle id: class})."""
     path = Path(path)
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln.strip() for ln in _text(path).splitlines()]
     it = iter(lines)
 
     def take(what: str) -> str:
@@ -159,7 +169,7 @@ def _read_ini(path: Path) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.optionxform = str  # keep key case
     try:
-        parser.read_string(path.read_text(encoding="utf-8", errors="replace"))
+        parser.read_string(_text(path))
     except configparser.Error:
         return {}
     return {k: v.strip() for s in parser.sections() for k, v in parser[s].items()}
@@ -168,7 +178,7 @@ def _read_ini(path: Path) -> dict[str, str]:
 def _read_summary(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     section = ""
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in _text(path).splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith(":"):
             section = line.strip().rstrip(":")
             continue

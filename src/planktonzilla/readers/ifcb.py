@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import RefusedInput, read_regular_file
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["BinName", "parse_bin_name", "parse_pid", "read_ifcb", "read_ifcb_labels"]
@@ -403,7 +404,11 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
         (i, _EXTRA_COLUMNS[k], k in _INT_EXTRA) for k, i in layout.items() if k in _EXTRA_COLUMNS
     )
 
-    data = roi_path.read_bytes()
+    try:
+        data = _read_file(roi_path)
+    except _BadBin as e:
+        yield Rejection(bin_id, e.reason, f"bin {bin_id} ({b.stem.parent}): {e.message}")
+        return
     view = memoryview(data)
     size = len(data)
     for n, fields, w, h, start in rois:
@@ -441,6 +446,21 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
         )
 
 
+#: Largest bin file read (bytes): a day-long IFCB bin's .roi stays under 1 GB.
+_MAX_FILE = 8 << 30
+
+
+def _read_file(path: Path) -> bytes:
+    """A bin file's bytes; `_BadBin` when it is not a regular file (a FIFO would block) or
+    cannot be read."""
+    try:
+        return read_regular_file(path, _MAX_FILE)
+    except RefusedInput as e:
+        raise _BadBin(e.reason, e.message) from None
+    except OSError as e:
+        raise _BadBin("unreadable", f"cannot read {path.name}: {e}") from None
+
+
 def _load_bin_tables(b: _BinFiles) -> tuple[dict[str, str], list[list[str]], dict, str]:
     adc_path = b.files.get(".adc")
     hdr_path = b.files.get(".hdr")
@@ -448,13 +468,13 @@ def _load_bin_tables(b: _BinFiles) -> tuple[dict[str, str], list[list[str]], dic
         raise _BadBin("partial_bin", f"the .adc file is missing ({_have(b)})")
     header: dict[str, str] = {}
     if hdr_path is not None:
-        raw = hdr_path.read_bytes()
+        raw = _read_file(hdr_path)
         if not raw.strip(b"\x00 \t\r\n"):
             raise _BadBin("invalid_bin", f"{hdr_path.name} is empty ({len(raw)} bytes)")
         header = _parse_header(raw.decode("latin-1"))
         if not header:
             raise _BadBin("invalid_bin", f"{hdr_path.name} is not an IFCB header")
-    adc = adc_path.read_bytes()
+    adc = _read_file(adc_path)
     rows = _parse_adc(adc, adc_path)
     if not rows:
         roi = b.files.get(".roi")
