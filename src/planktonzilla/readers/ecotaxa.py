@@ -349,7 +349,7 @@ class _Table:
 class _Unparsed(list):
     """A line whose quotes do not balance, split on tabs only: rejected as a `bad_row`."""
 
-    message = 'a quote (") opens a value that never closes'
+    message = 'its quotes (") do not balance (a quoted value must close where it ends)'
 
 
 def _sound_quotes(text: str) -> list[list[str]] | None:
@@ -360,11 +360,8 @@ def _sound_quotes(text: str) -> list[list[str]] | None:
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True))
     except csv.Error:
         return None
-    for row in rows:
-        if len(row) > 1 or row and ("\n" in row[0] or "\r" in row[0]):
-            for cell in row:
-                if "\t" in cell and ("\n" in cell or "\r" in cell):
-                    return None
+    if any("\t" in c and ("\n" in c or "\r" in c) for row in rows for c in row):
+        return None
     return rows
 
 
