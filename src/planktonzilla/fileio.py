@@ -9,7 +9,9 @@ the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import os
 import re
 import stat
@@ -22,17 +24,18 @@ from typing import IO
 from planktonzilla.exceptions import UnsafeArchiveError
 
 __all__ = [
+    "MAX_RATIO",
+    "RATIO_FLOOR",
+    "atomic_path",
     "atomic_write",
     "atomic_writer",
     "commit_file",
-    "MAX_RATIO",
-    "RATIO_FLOOR",
-    "RefusedInput",
-    "member_problem",
     "gunzip_at_most",
+    "member_problem",
     "read_at_most",
     "read_member",
     "read_regular_file",
+    "RefusedInput",
     "safe_member_path",
     "sha256_bytes",
     "sha256_file",
@@ -180,9 +183,6 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo | str, limit: int) ->
 
 def gunzip_at_most(data: bytes, limit: int, what: str) -> bytes:
     """Decompress gzip `data`, refusing output over `limit` or expanding past `MAX_RATIO`."""
-    import gzip
-    import io
-
     cap = min(limit, max(RATIO_FLOOR, len(data) * MAX_RATIO))
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
         try:
