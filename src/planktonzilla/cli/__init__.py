@@ -5,6 +5,7 @@ import typer
 
 from planktonzilla.cli import (
     _common,
+    ecology,
     evaluate,
     ingest,
     predict,
@@ -44,3 +45,4 @@ evaluate.register(app)
 report.register(app)
 predict.register(app)
 serve.register(app)
+ecology.register(app)

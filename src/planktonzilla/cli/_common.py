@@ -41,7 +41,7 @@ class PzGroup(TyperGroup):
             if PzGroup.debug:
                 raise
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None  # typer vendors click: its own Exit
         except OSError as exc:
             if PzGroup.debug or exc.errno not in _DISK_ERRNOS:
                 raise
@@ -68,6 +68,9 @@ def fail(message: str) -> typer.Exit:
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto (cuda when available) | cpu | cuda")
 
 STORE_OPTION = typer.Option(..., "--store", "-s", help="Store directory (created if missing).")
+EXISTING_STORE_OPTION = typer.Option(
+    ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
+)
 SOURCE_OPTION = typer.Option(..., "--source", help="Source name the images are filed under.")
 WORKERS_OPTION = typer.Option(1, "--workers", "-j", min=1, help="Processes that decode and hash.")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import DEVICE_OPTION, console
+from planktonzilla.cli._common import DEVICE_OPTION, EXISTING_STORE_OPTION, console, fail
 
 PROTOCOL_HELP = (
     "supervised, zero-shot, few-shot, linear-probe, cross-source (comma-separated or repeated); "
@@ -24,7 +24,7 @@ def evaluate(
         "ViT-B-32:openai, ARCH:checkpoint.pt, a hub-style directory (offline: local files "
         "and the Hugging Face cache only).",
     ),
-    store: Path = typer.Option(..., "--store", "-s", help="Store directory."),
+    store: Path = EXISTING_STORE_OPTION,
     split: str = typer.Option(..., "--split", help="Split name (pz split), e.g. stratified."),
     protocol: list[str] = typer.Option(["supervised"], "--protocol", "-p", help=PROTOCOL_HELP),
     rank: str = typer.Option(
@@ -86,8 +86,7 @@ def evaluate(
         else:
             runs = [run(models[0], store, split, out=out, **options)]
     except (ValueError, FileNotFoundError, TypeError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     for r in runs:
         _print_run(r)
     where = Path(runs[0]["store"]["path"])
@@ -142,7 +141,7 @@ def _print_run(run: dict) -> None:
 
 def calibrate(
     model: Path = typer.Argument(..., help="Model directory (pz train)."),
-    store: Path = typer.Option(..., "--store", "-s"),
+    store: Path = EXISTING_STORE_OPTION,
     split: str = typer.Option(..., "--split"),
     side: str = typer.Option("val", "--side", help="Side to calibrate on (val)."),
     target_precision: float = typer.Option(
@@ -169,8 +168,7 @@ def calibrate(
             device=device,
         )
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     ranks = ", ".join(f"{r} {p:.2f}" for r, p in t["rank"].items())
     console.print(f"thresholds on {t['calibrated_on']['images']} {side} images: {ranks}")
     console.print(f"OOD (energy) threshold {t['ood']:.3f}; written to {model}/calibration.json")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import DEVICE_OPTION, console
+from planktonzilla.cli._common import DEVICE_OPTION, fail
 
 
 class Format(StrEnum):
@@ -63,11 +63,9 @@ def predict(
     """Classify every image of INPUT… with MODEL into --out; rerunning with the same --out
     resumes. Prints read = predicted + rejected (by reason)."""
     if not inputs:
-        console.print("[red]no inputs:[/] give at least one image, folder, bin, run or export")
-        raise typer.Exit(1)
+        raise fail("no inputs: give at least one image, folder, bin, run or export")
     if not model.is_dir():
-        console.print(f"[red]no model directory at {model}[/]")
-        raise typer.Exit(1)
+        raise fail(f"no model directory at {model}")
 
     from planktonzilla.inference.writers import output_format
     from planktonzilla.predict import Classifier
@@ -76,14 +74,12 @@ def predict(
     try:
         output_format(out, fmt.value if fmt else None)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     wanted = [name.strip() for name in (labels or "").split(",") if name.strip()]
     try:
         classifier = Classifier.load(model, device=device, labels=wanted or None)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        console.print(f"[red]cannot load the model {model}:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(f"cannot load the model {model}: {exc}") from None
     try:
         report = predict_to_file(
             classifier,
@@ -99,8 +95,7 @@ def predict(
             where=where,
         )
     except ValueError as exc:  # e.g. --out exists and is not a pz predict output
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     print(report.summary())
 
 

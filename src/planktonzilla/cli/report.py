@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import console, fail
+from planktonzilla.exceptions import EXIT_USER_ERROR
 
 
 def report(
@@ -46,10 +47,9 @@ def report(
         for difference in exc.differences:
             console.print(f"  - {escape(difference)}", soft_wrap=True)
         console.print("use --force to report them side by side anyway", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except ValueError as exc:
-        console.print(f"[red]report failed:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(f"report failed: {exc}") from None
     plots = sum(1 for key in paths if key.startswith("plots/"))
     console.print(
         f"compared {len(runs)} run(s): {escape(', '.join(run_labels(runs)))}",

@@ -22,7 +22,7 @@ def serve(
         None, "--store", "-s", help="Object store to browse (counts, map, samples, report)."
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     device: str = DEVICE_OPTION,
     max_upload_mb: float = typer.Option(
         50.0, "--max-upload-mb", min=0.001, help="Largest request body accepted (MB)."

@@ -1,5 +1,5 @@
-"""`pz sources list|show|check`, `pz fetch`, `pz build` and `pz ingest source`: the public
-collections from registry to store. Wire with `register(root_app, ingest_app)` and
+"""`pz sources list|show|check`, `pz fetch`, `pz build`, `pz ingest source` and `pz enrich`:
+the public collections from registry to store. Wire with `register(root_app, ingest_app)` and
 `root_app.add_typer(app, name="sources")`."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from planktonzilla.cli._common import STORE_OPTION, WORKERS_OPTION, console, print_ingest_report
+from planktonzilla.sources.enrich import ECOTAXA_URL, IFCB_DASHBOARD_URL  # stdlib-only imports
 
 app = typer.Typer(help="The public plankton image collections.", no_args_is_help=True)
 
@@ -56,6 +57,35 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
+
+
+def describe(c) -> list[str]:
+    """What a build of `c` verifies, fetches, and will still miss (registry facts only)."""
+    from planktonzilla.sources.registry import GEO_FIELDS
+
+    out = [f"expected {c.images:,} images, checked after ingest (stored + rejected)"]
+    if c.download.kind == "http":
+        out.append(f"{len(c.download.urls)} file(s): {', '.join(c.file_names())}")
+    if c.split:
+        where = {"folders": "folders", "lists": "file lists", "table": "table"}[c.split.kind]
+        state = "verified" if c.split.verified else "NOT verified to exist"
+        out.append(f"upstream split from {where} ({state})")
+    m, e = c.metadata, c.enrich
+    have = set(m.fields)
+    if m.kind == "table":
+        out.append("object table: columns beyond object_id/taxon are checked at run time")
+    fetched = set() if e is None else set(GEO_FIELDS) - have
+    if e is not None:
+        service = "EcoTaxa" if e.kind == "ecotaxa" else "the IFCB dashboard"
+        site = " (offline: fixed site stamped)" if e.lat is not None else ""
+        out.append(f"`pz enrich {c.id}` fetches {', '.join(sorted(fetched))} from {service}{site}")
+    missing = [f for f in GEO_FIELDS if f not in have | fetched]
+    if m.kind != "table":
+        in_archive = ", ".join(f for f in GEO_FIELDS if f in have) or "none"
+        out.append(f"metadata in the archive: {in_archive}")
+        if missing:
+            out.append(f"metadata missing: {', '.join(missing)}")
+    return out
 
 
 @app.command("list")
@@ -109,6 +139,7 @@ def show(collection_id: str = typer.Argument(..., metavar="ID")) -> None:
         lines.append(f"metadata:    fixed site {m.lat} N, {m.lon} E, {m.depth} m")
     else:
         lines.append(f"metadata:    {m.kind}" + (f" ({', '.join(m.files)})" if m.files else ""))
+    lines += ["", "Build:", *(f"  {note}" for note in describe(c))]
     lines += ["", "Cite as:", f"  {c.citation}"]
     typer.echo("\n".join(lines))
 
@@ -125,6 +156,8 @@ def check(
     """Dry run: can each collection be fetched, how big is it, is there room (a build needs
     about 3x the download)? One line per check; exits 1 when something blocks."""
     import shutil
+
+    import httpx
 
     from planktonzilla.sources import download as dl
     from planktonzilla.sources.ingest import cache_dir, download_targets
@@ -154,11 +187,12 @@ def check(
                 continue
             if c.download.kind == "fairdata" and not mirror:
                 base = (fairdata_url or dl.fairdata_url()).rstrip("/")
-                p = dl.probe(f"{base}/requests?dataset={c.download.dataset}", client=client)
-                # the service answers JSON (404 = no package requested yet): reachable either way
-                ok = p.status is not None and p.status < 500
-                detail = f"{base} ({'reachable' if ok else p.message})"
-                line("OK" if ok else "FAIL", c.id, "fairdata", detail)
+                try:  # a 404 here is a wrong root (download.fairdata.fi), not "no package yet"
+                    info = dl.fairdata_request(client, base, c.download.dataset)
+                    detail = f"{base} (package {info.get('status') or 'not requested yet'})"
+                    line("OK", c.id, "fairdata", detail)
+                except (dl.DownloadError, httpx.HTTPError) as exc:
+                    line("FAIL", c.id, "fairdata", f"{base}: {exc}")
                 size = c.download.size
             else:
                 for url, _ in download_targets(c, mirror):
@@ -179,6 +213,8 @@ def check(
                 total += size
             else:
                 unknown.append(c.id)
+            for note in describe(c):
+                line("INFO", c.id, "plan", note)
     where = Path(dest) if dest else (Path(cache) if cache else cache_dir())
     probe_dir = where
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
@@ -230,12 +266,24 @@ def fetch_cmd(
             retries=retries,
         )
         p = plan(c, tree)
+        p.tables.close()
     except _errors() as exc:
         console.print(f"[red]{c.id}: {exc}[/red]")
         raise typer.Exit(1) from None
     for root in p.roots:
         console.print(f"{c.id}: class folders in {root.path}")
     typer.echo(str(tree))
+
+
+STRICT_OPTION = typer.Option(
+    False, "--strict", help="Exit 1 when fewer images than the collection's expected count."
+)
+ENRICH_URLS = {
+    "ecotaxa_url": typer.Option(ECOTAXA_URL, "--ecotaxa-url", envvar="PZ_ECOTAXA_URL"),
+    "dashboard_url": typer.Option(
+        IFCB_DASHBOARD_URL, "--dashboard-url", envvar="PZ_IFCB_DASHBOARD_URL"
+    ),
+}
 
 
 def ingest_source_cmd(
@@ -249,19 +297,22 @@ def ingest_source_cmd(
     fairdata_url: str = FAIRDATA_OPTION,
     retries: int = RETRIES_OPTION,
     workers: int = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
 ) -> None:
     """Fetch (or take --from), extract, apply the layout, stamp licence, instrument and
-    citation, and ingest a public collection. Resumable: a rerun skips what is stored."""
+    citation, and ingest a public collection, then compare stored + rejected with the
+    collection's expected count. Resumable: a rerun skips what is stored."""
     c = _collection(collection_id)
-    if not _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, workers):
+    ok = _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, workers, strict)
+    if not ok:
         raise typer.Exit(1)
 
 
-def _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, workers) -> bool:
+def _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, workers, strict):
     from planktonzilla.sources.ingest import ingest_source
 
     try:
-        report = ingest_source(
+        result = ingest_source(
             c,
             store,
             from_path=from_path,
@@ -276,8 +327,21 @@ def _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, worke
         msg = exc.args[0] if isinstance(exc, KeyError) else exc
         console.print(f"[red]{c.id}: {msg}[/red] (nothing was written to the store)")
         return False
-    print_ingest_report(report)
-    return report.ok
+    print_ingest_report(result.ingest)
+    for warning in result.warnings:  # soft_wrap: one greppable line each
+        console.print(f"[yellow]WARNING {warning}[/yellow]", soft_wrap=True)
+    style = "bold red" if result.shortfall else "green"
+    for i, text in enumerate(result.count_lines()):
+        flag = "WARNING " if result.shortfall and not i else ""
+        console.print(f"[{style}]{flag}{text}[/{style}]", soft_wrap=True)
+    for text in result.empty_lines():
+        console.print(text, soft_wrap=True)
+    if c.enrich is not None:
+        console.print(
+            f"{c.id}: lat/lon/depth/time are not in the archive: `pz enrich {c.id}`",
+            soft_wrap=True,
+        )
+    return result.ok and not (strict and result.shortfall)
 
 
 def build_cmd(
@@ -294,9 +358,21 @@ def build_cmd(
     fairdata_url: str = FAIRDATA_OPTION,
     retries: int = RETRIES_OPTION,
     workers: int = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Say per collection what would be fetched and what will be missing.",
+    ),
+    with_enrich: bool = typer.Option(
+        False, "--enrich", help="Also fetch the metadata not in the archives (see `pz enrich`)."
+    ),
+    ecotaxa_url: str = ENRICH_URLS["ecotaxa_url"],
+    dashboard_url: str = ENRICH_URLS["dashboard_url"],
 ) -> None:
-    """Ingest several collections into one store, one after another. A collection that fails
-    is reported and skipped (the store keeps the others); exits 1 if any failed."""
+    """Ingest several collections into one store, one after another, each checked against its
+    expected count. A collection that fails is reported and skipped (the store keeps the
+    others); exits 1 if any failed (or, with --strict, fell short)."""
     from planktonzilla.sources.ingest import locate
     from planktonzilla.sources.registry import collections
 
@@ -304,6 +380,14 @@ def build_cmd(
         chosen = list(collections())
     else:
         chosen = [_collection(i.strip()) for i in sources.split(",") if i.strip()]
+    if dry_run:
+        for c in chosen:
+            from_path = locate(c, from_dir) if from_dir else None
+            where = f"from {from_path}" if from_path else f"download ({c.download.kind})"
+            typer.echo(f"{c.id}: {where}")
+            for note in describe(c):
+                typer.echo(f"  {note}")
+        return
     failed = []
     for c in chosen:
         from_path = locate(c, from_dir) if from_dir else None
@@ -311,17 +395,69 @@ def build_cmd(
             console.print(f"[red]{c.id}: no copy in {from_dir} and it needs a manual download")
             failed.append(c.id)
             continue
-        console.print(f"[bold]{c.id}[/bold]" + (f" from {from_path}" if from_path else ""))
-        if not _ingest_one(c, store, from_path, mirror, cache, fairdata_url, retries, workers):
+        console.print(
+            f"[bold]{c.id}[/bold]" + (f" from {from_path}" if from_path else ""), soft_wrap=True
+        )
+        if not _ingest_one(
+            c, store, from_path, mirror, cache, fairdata_url, retries, workers, strict
+        ):
             failed.append(c.id)
+        elif with_enrich and c.enrich is not None:
+            _enrich_one(c, store, ecotaxa_url=ecotaxa_url, dashboard_url=dashboard_url)
     if failed:
         console.print(f"[red]failed: {', '.join(failed)}[/red]")
         raise typer.Exit(1)
     console.print(f"built {len(chosen)} collection(s) into {store}")
 
 
+def _enrich_one(c, store, **options) -> bool:
+    """Run the metadata step; an offline or failing service is reported, never fatal here."""
+    from planktonzilla.sources.enrich import enrich
+    from planktonzilla.store import ObjectStore
+
+    result = enrich(c, ObjectStore(store), **options)
+    for text in result.lines():
+        console.print(("[yellow]" if result.skipped else "") + text)
+    return result.ok
+
+
+def enrich_cmd(
+    collection_id: str = typer.Argument(..., metavar="ID"),
+    store: Path = STORE_OPTION,
+    project: list[int] = typer.Option(
+        None, "--ecotaxa-project", help="EcoTaxa project id(s) of the collection (bulk query)."
+    ),
+    ecotaxa_url: str = ENRICH_URLS["ecotaxa_url"],
+    dashboard_url: str = ENRICH_URLS["dashboard_url"],
+    window_size: int = typer.Option(5000, "--window-size", min=1, help="Objects per page."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Parallel requests."),
+    rate: float = typer.Option(10.0, "--rate", help="Requests per second, at most."),
+    retries: int = RETRIES_OPTION,
+    offline: bool = typer.Option(False, "--offline", help="Fetch nothing (PZ_OFFLINE=1)."),
+) -> None:
+    """Fetch the lat/lon/depth/time the archive lacks (EcoTaxa per project, or per object when
+    the project is unknown; the IFCB dashboard per bin) into metadata/<ID>.parquet, joined at
+    read time. Cached and resumable; reports every field left empty. Exits 1 when something
+    could not be fetched."""
+    c = _collection(collection_id)
+    options = dict(
+        ecotaxa_url=ecotaxa_url,
+        dashboard_url=dashboard_url,
+        projects=project or (),
+        window_size=window_size,
+        concurrency=concurrency,
+        rate=rate,
+        retries=retries,
+    )
+    if offline:
+        options["is_offline"] = True
+    if not _enrich_one(c, store, **options):
+        raise typer.Exit(1)
+
+
 def register(root_app: typer.Typer, ingest_app: typer.Typer) -> None:
-    """Add `pz fetch`, `pz build` and `pz ingest source`."""
+    """Add `pz fetch`, `pz build`, `pz enrich` and `pz ingest source`."""
     root_app.command("fetch")(fetch_cmd)
     root_app.command("build")(build_cmd)
+    root_app.command("enrich")(enrich_cmd)
     ingest_app.command("source")(ingest_source_cmd)

@@ -7,11 +7,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
-
-EXISTING_STORE = typer.Option(
-    ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
-)
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
 
 class Scheme(StrEnum):
@@ -43,7 +39,7 @@ def _print_counts(store, names: list[str], title: str) -> None:
 
 
 def split(
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     scheme: Scheme = typer.Option(..., "--scheme", help="Split scheme."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same split."),
     val: float = typer.Option(0.1, "--val", min=0.0, max=1.0, help="Fraction of images in val."),
@@ -71,7 +67,7 @@ def split(
     _print_counts(s, names, f"{scheme.value} (seed {seed})")
 
 
-def splits(store: Path = EXISTING_STORE) -> None:
+def splits(store: Path = EXISTING_STORE_OPTION) -> None:
     """List the store's split tables with images, classes and samples per side."""
     from planktonzilla.data.splits import list_splits
     from planktonzilla.store import ObjectStore

@@ -10,16 +10,13 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from planktonzilla.cli._common import console
-
-EXISTING_STORE = typer.Option(
-    ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
-)
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
 
 class ExportFormat(StrEnum):
     parquet = "parquet"
     imagefolder = "imagefolder"
+    dwca = "dwca"
 
 
 def _table(rows: list[dict], title: str | None = None, limit: int | None = None):
@@ -40,7 +37,7 @@ def _table(rows: list[dict], title: str | None = None, limit: int | None = None)
 
 
 def stats(
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     labels: int = typer.Option(15, "--labels", help="Raw labels to list per source (0: all)."),
 ) -> None:
@@ -77,7 +74,7 @@ def stats(
 
 def query(
     sql: str = typer.Argument(..., help="DuckDB SQL over the views `objects` and `rejected`."),
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
 ) -> None:
     """Run SQL over the store, e.g. pz query "select raw_label, count(*) from objects group by 1"."""  # noqa: E501
@@ -107,7 +104,7 @@ def query(
 
 
 def verify(
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     deep: bool = typer.Option(False, "--deep", help="Also re-hash every image against its id."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -135,20 +132,44 @@ def verify(
 
 def export(
     fmt: ExportFormat = typer.Argument(..., help="parquet or imagefolder"),
-    store: Path = EXISTING_STORE,
+    store: Path = EXISTING_STORE_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
     label: str = typer.Option(
         "raw_label", "--label", help="imagefolder: column naming the folders."
     ),
+    abundance_table: Path = typer.Option(
+        None, "--abundance", help="dwca: a `pz abundance` table (default: the store's labels)."
+    ),
+    dwca_method: str = typer.Option(None, "--method", help="dwca: labels | predicted | acc | pacc"),
+    title: str = typer.Option("Plankton abundance from imaging", "--title", help="dwca: EML title"),
+    license: str = typer.Option("CC-BY-4.0", "--license", help="dwca: the dataset's licence"),
+    citation: str = typer.Option("", "--citation", help="dwca: how to cite the dataset"),
+    country_code: str = typer.Option("", "--country-code", help="dwca: ISO 3166 code (OBIS)"),
+    identified_by: str = typer.Option(
+        "", "--identified-by", help="dwca: the person, or the model name + version"
+    ),
+    allow_mixed_licenses: bool = typer.Option(
+        False, "--allow-mixed-licenses", help="dwca: export images of several licences"
+    ),
 ) -> None:
     """Export the store: Parquet (loads with datasets.load_dataset("parquet", …), image bytes
-    kept) or an image-folder tree with metadata.csv."""
+    kept), an image-folder tree with metadata.csv, or `dwca`: a Darwin Core Archive (zip at
+    --out) of abundances for OBIS / GBIF."""
     from planktonzilla.data.export import export_imagefolder, export_parquet
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)
-    if fmt is ExportFormat.parquet:
+    if fmt is ExportFormat.dwca:
+        from planktonzilla.ecology.dwca import export_dwca
+
+        path = export_dwca(
+            s, out, abundance_table, method=dwca_method, title=title, license=license,
+            citation=citation, country_code=country_code, identified_by=identified_by,
+            allow_mixed_licenses=allow_mixed_licenses,
+        )  # fmt: skip
+        console.print(f"wrote {path}")
+    elif fmt is ExportFormat.parquet:
         paths = export_parquet(s, out, where=where)
         console.print(f"wrote {len(paths)} Parquet file(s) to {out}")
     else:

@@ -1,5 +1,6 @@
 """`pz taxonomy …`: resolve labels, map a label list, check the shipped mapping, draw the
-label flow, review what a store's own sources left unresolved."""
+label flow, review what a store's own sources left unresolved or uncertain, rebuild the broad
+name index."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 import typer
 
+from planktonzilla.cli._common import EXISTING_STORE_OPTION
+
 app = typer.Typer(
-    help="Harmonize raw labels onto one taxonomy (resolve, map, check, flow, review).",
+    help="Harmonize raw labels onto one taxonomy (resolve, map, check, flow, review, refresh,"
+    " build-index).",
     no_args_is_help=True,
 )
 
@@ -43,6 +47,9 @@ def resolve(
     online: bool = typer.Option(False, "--online", help="Ask WoRMS when the backbone fails."),
     worms_cache: Path | None = typer.Option(None, "--worms-cache", help="WoRMS cache file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Say which segment, rule, index entry or override set each rank."
+    ),
     backbone: Path | None = BACKBONE_OPTION,
 ) -> None:
     """Resolve raw labels and print their lineage, flags and captions."""
@@ -54,21 +61,31 @@ def resolve(
 
     resolver = Resolver(_backbone(backbone), _worms(online, worms_cache))
     shipped = load_mapping() if backbone is None and MAPPING_CSV.is_file() and source else {}
-    rows = []
-    for raw in label:
-        row = shipped.get((source, raw)) or resolver.resolve(raw, source).row()
-        rows.append(row)
+    rows, explained = [], []
+    for raw, res in zip(label, resolver.resolve_many(label, source), strict=True):
+        row = shipped.get((source, raw))
+        why = ("shipped mapping row (taxonomy/data/mapping.csv)",) if row else res.explain
+        rows.append(row or res.row())
+        explained.append(why)
+        if explain:
+            rows[-1] = dict(rows[-1], explain=list(why))
     if as_json:
         typer.echo(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return
     from planktonzilla.taxonomy.lineage import Lineage
 
-    for row in rows:
+    for row, why in zip(rows, explained, strict=True):
         lin = Lineage.from_dict(row)
         typer.echo(f"{row['raw_label']!r} ({row['source'] or 'any source'})")
+        if explain:
+            typer.echo("  explain")
+            for line in why:
+                typer.echo(f"    {line}")
         if row["status"] == "unresolved":
             typer.echo(f"  unresolved: {row['reason']}")
             continue
+        if row["status"] == "ambiguous":
+            typer.echo(f"  ambiguous: {row['reason']}")
         typer.echo(f"  name       {lin.name} ({lin.rank or '-'})  AphiaID {lin.aphia_id or '-'}")
         typer.echo(f"  lineage    {' > '.join(v for v in lin.ranks() if v) or '-'}")
         typer.echo(
@@ -76,7 +93,7 @@ def resolve(
             f"qualifier={lin.qualifier or '-'}"
         )
         typer.echo(f"  provenance {row['provenance']} (confidence {row['confidence']})")
-        if row.get("reason"):
+        if row.get("reason") and row["status"] == "resolved":
             typer.echo(f"  note       {row['reason']}")
         typer.echo(f"  caption    {lineage_caption(lin)}")
         typer.echo(f"  bioclip    {bioclip_caption(lin)}")
@@ -101,8 +118,8 @@ def map_labels(
         line.rstrip("\r\n") for line in labels.read_text(encoding="utf-8-sig").splitlines()
     ]
     raw_labels = [x for x in dict.fromkeys(raw_labels) if x.strip()]
-    rows = [resolver.resolve(raw, source).row() for raw in raw_labels]
-    unresolved = sum(row["status"] == "unresolved" for row in rows)
+    rows = [r.row() for r in resolver.resolve_many(raw_labels, source)]
+    unresolved = sum(row["status"] != "resolved" for row in rows)
     with contextlib.ExitStack() as stack:
         fh = sys.stdout
         if out:
@@ -110,7 +127,7 @@ def map_labels(
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(_csv_row(row) for row in rows)
-    typer.echo(f"{len(raw_labels)} labels, {unresolved} unresolved", err=True)
+    typer.echo(f"{len(raw_labels)} labels, {unresolved} unresolved or ambiguous", err=True)
 
 
 @app.command()
@@ -188,29 +205,63 @@ def _store_mapping(store: Path) -> tuple[dict, dict]:
 
 @app.command()
 def review(
-    store: Path = typer.Option(..., "--store", "-s", help="Store directory."),
+    store: Path = EXISTING_STORE_OPTION,
     suggestions: int = typer.Option(3, "--suggestions", "-n", help="Suggestions per label."),
     min_confidence: float = typer.Option(
-        0.0, "--min-confidence", help="Also list resolved rows below this confidence."
+        0.75, "--min-confidence", help="Also list resolved rows below this confidence."
     ),
     backbone: Path | None = BACKBONE_OPTION,
 ) -> None:
-    """List the labels in a store that did not resolve, with suggestions."""
+    """List a store's unresolved, ambiguous and low-confidence labels, most images first,
+    with suggestions: what to fix first to cover the most images."""
     from rich.console import Console
     from rich.table import Table
 
     bb = _backbone(backbone)
-    rows, _ = _store_mapping(store)
+    rows, counts = _store_mapping(store)
     todo = [
         r
         for r in rows.values()
-        if r["status"] == "unresolved" or (r["confidence"] or 0) < min_confidence
+        if r["status"] != "resolved" or (r["confidence"] or 0) < min_confidence
     ]
-    table = Table(title=f"{len(todo)} labels to review ({len(rows)} in {store})")
-    for col in ("source", "raw_label", "status", "reason", "suggestions"):
+    todo.sort(key=lambda r: (-counts[(r["source"], r["raw_label"])], r["source"], r["raw_label"]))
+    images = sum(counts[(r["source"], r["raw_label"])] for r in todo)
+    table = Table(
+        title=f"{len(todo)} labels to review, {images} images ({len(rows)} labels in {store})"
+    )
+    for col in ("images", "source", "raw_label", "status", "reason", "suggestions"):
         table.add_column(col)
-    for r in sorted(todo, key=lambda r: (r["source"], r["raw_label"])):
+    for r in todo:
         hint = ", ".join(bb.suggest(r["raw_label"], suggestions)) or "-"
-        reason = r["reason"] if r["status"] == "unresolved" else f"{r['name']} ({r['confidence']})"
-        table.add_row(r["source"], r["raw_label"], r["status"], reason, hint)
+        reason = r["reason"] if r["status"] != "resolved" else f"{r['name']} ({r['confidence']})"
+        n = counts[(r["source"], r["raw_label"])]
+        table.add_row(str(n), r["source"], r["raw_label"], r["status"], reason, hint)
     Console(width=160).print(table)
+
+
+@app.command()
+def refresh(store: Path = EXISTING_STORE_OPTION) -> None:
+    """Resolve a store's own labels again with the current backbone and name index (rewrites
+    only `taxonomy/<source>.parquet`, never an image shard)."""
+    from planktonzilla.store import ObjectStore
+
+    for source in ObjectStore(store).refresh_taxonomy():
+        typer.echo(f"refreshed {source}", err=True)
+
+
+@app.command("build-index")
+def build_index_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Index file to write (.tsv.gz)."),
+) -> None:
+    """Rebuild the broad name index from the installed NCBI Taxonomy snapshot (the
+    package's `index` extra); use it with PZ_NAME_INDEX=FILE."""
+    import json
+
+    from planktonzilla.taxonomy.build_index import IndexBuildError, build_index
+
+    try:
+        typer.echo(json.dumps(build_index(out), indent=2))
+    except IndexBuildError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"use it: export PZ_NAME_INDEX={out.resolve()}", err=True)

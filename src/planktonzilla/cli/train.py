@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import console
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
 
 class Kind(StrEnum):
@@ -22,9 +22,7 @@ class Kind(StrEnum):
 
 def train(
     kind: Kind = typer.Argument(..., help="supervised or clip"),
-    store: Path = typer.Option(
-        ..., "--store", "-s", exists=True, file_okay=False, help="Store directory."
-    ),
+    store: Path = EXISTING_STORE_OPTION,
     split: str = typer.Option(..., "--split", help="Split table name (see `pz split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     config: Path = typer.Option(
@@ -33,6 +31,9 @@ def train(
     backbone: str = typer.Option(None, help="vit_tiny|vit_small|vit_base or any timm model."),
     pretrained: str = typer.Option(None, help="Initial backbone weights: a file, or 'timm'."),
     image_size: int = typer.Option(None, "--image-size", min=8),
+    fill: str = typer.Option(
+        None, "--fill", help="Padding: auto (one level from the data; default) | border | 0-255."
+    ),
     epochs: int = typer.Option(None, min=1),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Global batch size."),
     lr: float = typer.Option(None, "--lr"),
@@ -75,6 +76,7 @@ def train(
         "backbone": backbone,
         "pretrained": pretrained,
         "image_size": image_size,
+        "fill": int(fill) if fill and fill.isdigit() else fill,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,

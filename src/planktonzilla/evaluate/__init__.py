@@ -6,8 +6,9 @@ per taxonomic rank and across instruments, into ``results.json`` + a report.
                        protocols=["supervised", "zero-shot", "few-shot", "linear-probe"])
     evaluate("hf-hub:imageomics/bioclip", "store", "stratified", protocols=["zero-shot"])
 
-`PROTOCOLS` (see `planktonzilla.evaluate.protocols`): ``supervised`` (our models),
-``zero-shot`` (CLIP-style), ``few-shot``, ``linear-probe`` and ``cross-source`` (any model).
+`PROTOCOLS`, a registry (`register_protocol`; the computations live in
+`planktonzilla.evaluate.protocols`): ``supervised`` (our models), ``zero-shot`` (CLIP-style),
+``few-shot``, ``linear-probe`` and ``cross-source`` (any model). Settings are one `EvalConfig`.
 The label space is the split's dataset view at `rank` (the model's own rank and filters by
 default) with ``min_per_class=1``: every class with a training image. Features come from one
 cached forward pass (`FeatureCache`). Results carry what is needed to reproduce a run and to
@@ -21,8 +22,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,165 +33,262 @@ import numpy as np
 
 from planktonzilla.fileio import atomic_write
 
-PROTOCOLS = ("supervised", "zero-shot", "few-shot", "linear-probe", "cross-source")
 FORMAT = "planktonzilla-evaluation"
 FORMAT_VERSION = 1
 
-__all__ = ["PROTOCOLS", "compare", "evaluate", "write_results"]
+__all__ = ["PROTOCOLS", "EvalConfig", "compare", "evaluate", "register_protocol", "write_results"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every setting of an evaluation run (the CLI flags set these by name)."""
+
+    protocols: tuple[str, ...] = ("supervised",)
+    rank: str | None = None  # the label rank; default: the model's own
+    plankton_only: bool | None = None  # default: the model's own filter
+    shots: tuple[int, ...] = (1, 5, 10)  # few-shot support sizes
+    seeds: tuple[int, ...] = (0, 1, 2)  # few-shot support draws
+    caption_style: str | None = None  # zero-shot: lineage | bioclip; default: the model's
+    templates: str = "none"  # zero-shot prompt ensemble: none | photo | plankton
+    zero_shot_classes: str = "all"  # all classes of the label space | those in the test set
+    cross_rank: str = "phylum"
+    cross_unit: str = "source"  # source | instrument
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
+    use_cache: bool = True
+
+    def __post_init__(self):
+        for name in ("protocols", "shots", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ValueError(f"unknown protocol(s) {unknown} (known: {', '.join(PROTOCOLS)})")
+        if self.zero_shot_classes not in ("all", "test"):
+            raise ValueError("zero_shot_classes must be 'all' or 'test'")
+        if self.cross_unit not in FOLD_PREFIXES:
+            raise ValueError(f"cross_unit must be one of {', '.join(FOLD_PREFIXES)}")
+
+    @property
+    def needs_train(self) -> bool:
+        return any(PROTOCOLS[p].needs_train for p in self.protocols)
+
+
+class _Run:
+    """What a protocol sees: the encoder, the label space, the cached features of each side."""
+
+    def __init__(self, enc, view, cache, config: EvalConfig, store):
+        from planktonzilla.evaluate import protocols as P
+
+        self.enc, self.view, self.cache, self.config, self.store = enc, view, cache, config, store
+        self.classes = view.classes
+        self.train, self.val, self.test = view.side("train"), view.side("val"), view.side("test")
+        self.x_test = cache.features(self.test)
+        self.y_test = P.index_labels(self.test["label"].to_pylist(), self.classes)
+        counts = np.bincount(
+            self.train["label_index"].to_numpy(zero_copy_only=False), minlength=len(self.classes)
+        )
+        self.report_args = {"class_lineages": view.class_lineages, "train_counts": counts.tolist()}
+
+    @cached_property
+    def train_side(self) -> tuple[np.ndarray, np.ndarray]:
+        y = self.train["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        return self.cache.features(self.train), y
+
+    @cached_property
+    def val_side(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        from planktonzilla.evaluate import protocols as P
+
+        if not self.val.num_rows:
+            return None, None
+        return self.cache.features(self.val), P.index_labels(
+            self.val["label"].to_pylist(), self.classes
+        )
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A registered protocol: `run(r)` returns its results block, or a `str` saying why it does
+    not apply to the model (listed under ``skipped``)."""
+
+    name: str
+    run: Callable[[_Run], dict[str, Any] | str]
+    needs_train: bool = False
+
+
+#: The protocol registry, in report order (`register_protocol` adds to it).
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(name: str, *, needs_train: bool = False):
+    """Decorator: make `fn(run) -> dict | str` the protocol `name`."""
+
+    def add(fn):
+        PROTOCOLS[name] = Protocol(name, fn, needs_train)
+        return fn
+
+    return add
+
+
+@register_protocol("supervised")
+def _supervised(r: _Run):
+    from planktonzilla.evaluate import metrics
+    from planktonzilla.evaluate import protocols as P
+
+    enc = r.enc
+    if enc.classes is None:
+        return f"{enc.name} has no classification head of its own"
+    logits = enc.head_logits(r.x_test)
+    # score over the model's classes that are in the label space
+    cols = P.index_labels(r.classes, enc.classes)
+    scores = np.full((len(r.x_test), len(r.classes)), -np.inf)
+    present = cols >= 0
+    scores[:, present] = logits[:, cols[present]]
+    return {
+        **metrics.classification_report(r.y_test, scores, r.classes, **r.report_args),
+        "classes_not_in_model": [c for c, i in zip(r.classes, cols, strict=True) if i < 0],
+    }
+
+
+@register_protocol("zero-shot")
+def _zero_shot(r: _Run):
+    from planktonzilla.evaluate import metrics
+    from planktonzilla.evaluate import protocols as P
+
+    enc, cfg = r.enc, r.config
+    if not enc.is_clip:
+        return f"{enc.name} is not CLIP-style (no text encoder)"
+    style = cfg.caption_style or enc.caption_style
+    candidates = list(range(len(r.classes)))
+    if cfg.zero_shot_classes == "test":
+        candidates = sorted(set(r.y_test.tolist()))
+    texts = P.captions([r.view.class_lineages[i] for i in candidates], style, cfg.templates)
+    scores = np.full((len(r.x_test), len(r.classes)), -np.inf)
+    scores[:, candidates] = P.zero_shot_scores(enc, r.x_test, texts)
+    return {
+        **metrics.classification_report(r.y_test, scores, r.classes, **r.report_args),
+        "candidates": (
+            f"all {len(candidates)} classes of the label space"
+            if cfg.zero_shot_classes == "all"
+            else f"the {len(candidates)} classes present in the test set"
+        ),
+        "caption_style": style,
+        "templates": cfg.templates,
+        "example_caption": texts[0][0] if texts else None,
+    }
+
+
+@register_protocol("few-shot", needs_train=True)
+def _few_shot(r: _Run):
+    from planktonzilla.evaluate import protocols as P
+
+    x_train, y_train = r.train_side
+    return P.few_shot(
+        x_train,
+        y_train,
+        r.train["object_id"].to_pylist(),
+        r.x_test,
+        r.y_test,
+        r.test["object_id"].to_pylist(),
+        len(r.classes),
+        shots=r.config.shots,
+        seeds=r.config.seeds,
+    )
+
+
+@register_protocol("linear-probe", needs_train=True)
+def _linear_probe(r: _Run):
+    from planktonzilla.evaluate import metrics
+    from planktonzilla.evaluate import protocols as P
+
+    (x_train, y_train), (x_val, y_val) = r.train_side, r.val_side
+    probs, c = P.linear_probe(x_train, y_train, r.x_test, len(r.classes), val_x=x_val, val_y=y_val)
+    return {**metrics.classification_report(r.y_test, probs, r.classes, **r.report_args), "C": c}
+
+
+@register_protocol("cross-source", needs_train=True)
+def _cross_source_protocol(r: _Run):
+    cfg = r.config
+    return _cross_source(
+        r.store, r.enc, r.cache, cfg.cross_rank, cfg.cross_unit, r.view.filters["plankton_only"],
+        _cache_args(cfg),
+    )  # fmt: skip
+
+
+def _cache_args(cfg: EvalConfig) -> dict[str, Any]:
+    return {"batch_size": cfg.batch_size, "workers": cfg.workers, "disk": cfg.use_cache}
 
 
 def evaluate(
     model: str | os.PathLike,
     store,
     split: str,
+    config: EvalConfig | None = None,
     *,
-    protocols: Sequence[str] = ("supervised",),
-    rank: str | None = None,
-    plankton_only: bool | None = None,
-    shots: Sequence[int] = (1, 5, 10),
-    seeds: Sequence[int] = (0, 1, 2),
-    caption_style: str | None = None,
-    templates: str = "none",
-    zero_shot_classes: str = "all",
-    cross_rank: str = "phylum",
-    cross_unit: str = "source",
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str = "cpu",
-    use_cache: bool = True,
     out: str | os.PathLike | None = None,
     report: bool = True,
     progress: bool = False,
     encoder=None,
+    **settings,
 ) -> dict[str, Any]:
     """Evaluate `model` (a model directory or an open_clip spec) on `split` of `store` (an
-    `ObjectStore` or its path) with `protocols`; writes ``results.json`` (and the report
-    unless ``report=False``) into `out` (default ``<store>/evaluations/<time>-<model>-<split>``)
-    and returns the results dict. A protocol that does not apply to the model (zero-shot of a
+    `ObjectStore` or its path) as `config` says (or `EvalConfig(**settings)`, e.g.
+    ``protocols=["zero-shot"]``); writes ``results.json`` (and the report unless
+    ``report=False``) into `out` (default ``<store>/evaluations/<time>-<model>-<split>``) and
+    returns the results dict. A protocol that does not apply to the model (zero-shot of a
     supervised classifier, supervised of a foundation model) is listed under ``skipped``."""
-    import pyarrow as pa
-
     from planktonzilla._version import __version__
     from planktonzilla.data.dataset import dataset_view
-    from planktonzilla.evaluate import metrics
-    from planktonzilla.evaluate import protocols as P
     from planktonzilla.evaluate.features import FeatureCache, load_encoder
     from planktonzilla.store import ObjectStore
     from planktonzilla.taxonomy import mapping_version
 
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {unknown} (known: {', '.join(PROTOCOLS)})")
-    if zero_shot_classes not in ("all", "test"):
-        raise ValueError("zero_shot_classes must be 'all' or 'test'")
+    if config is None:
+        config = EvalConfig(**settings)
+    elif settings:
+        raise TypeError("give either an EvalConfig or settings, not both")
+    cfg = config
     store = store if isinstance(store, ObjectStore) else ObjectStore(store)
     started = time.perf_counter()
-    cache_args = {"batch_size": batch_size, "workers": workers, "disk": use_cache}
     folds = fold_models(model) if encoder is None else {}
     if folds:
-        if list(protocols) != ["cross-source"]:
+        if list(cfg.protocols) != ["cross-source"]:
             raise ValueError(f"{model} holds per-fold models: only cross-source applies to it")
         return _evaluate_folds(
             Path(model),
             folds,
             store,
-            rank=cross_rank,
-            plankton_only=True if plankton_only is None else plankton_only,
-            cache_args=cache_args,
-            device=device,
+            rank=cfg.cross_rank,
+            plankton_only=True if cfg.plankton_only is None else cfg.plankton_only,
+            cache_args=_cache_args(cfg),
+            device=cfg.device,
             out=out,
             report=report,
         )
-    enc = encoder or load_encoder(model, device)
+    enc = encoder or load_encoder(model, cfg.device)
     filters = getattr(enc, "filters", {}) or {}
-    rank = rank or filters.get("rank", "deepest")
+    rank = cfg.rank or filters.get("rank", "deepest")
+    plankton_only = cfg.plankton_only
     if plankton_only is None:
         plankton_only = filters.get("plankton_only", True)
     view = dataset_view(store, split, rank=rank, plankton_only=plankton_only, min_per_class=1)
-    cache = FeatureCache(store, enc, **cache_args)
-    train, val, test = view.side("train"), view.side("val"), view.side("test")
-    if not test.num_rows:
+    cache = FeatureCache(store, enc, **_cache_args(cfg))
+    if not view.side("test").num_rows:
         raise ValueError(f"split {split!r} has no test images at rank {rank!r}")
-    needs_train = any(p in protocols for p in ("few-shot", "linear-probe", "cross-source"))
     # one pass over every image the protocols need; later calls hit the cache
-    every = pa.concat_tables([test, *([train, val] if needs_train else [])])
-    cache.features(every, progress=progress)
-    x_test = cache.features(test)
-    classes = view.classes
-    y_test = P.index_labels(test["label"].to_pylist(), classes)
-    train_counts = np.bincount(
-        train["label_index"].to_numpy(zero_copy_only=False), minlength=len(classes)
-    ).tolist()
-    block = {"class_lineages": view.class_lineages, "train_counts": train_counts}
+    sides = ["test", *(["train", "val"] if cfg.needs_train else [])]
+    import pyarrow as pa
+
+    cache.features(pa.concat_tables([view.side(s) for s in sides]), progress=progress)
+    r = _Run(enc, view, cache, cfg, store)
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-
-    if "supervised" in protocols:
-        if enc.classes is None:
-            skipped["supervised"] = f"{enc.name} has no classification head of its own"
+    for name in cfg.protocols:
+        outcome = PROTOCOLS[name].run(r)
+        if isinstance(outcome, str):
+            skipped[name] = outcome
         else:
-            logits = enc.head_logits(x_test)
-            # score over the model's classes that are in the label space
-            cols = P.index_labels(classes, enc.classes)
-            scores = np.full((len(x_test), len(classes)), -np.inf)
-            present = cols >= 0
-            scores[:, present] = logits[:, cols[present]]
-            results["supervised"] = {
-                **metrics.classification_report(y_test, scores, classes, **block),
-                "classes_not_in_model": [c for c, i in zip(classes, cols, strict=True) if i < 0],
-            }
-
-    if "zero-shot" in protocols:
-        if not enc.is_clip:
-            skipped["zero-shot"] = f"{enc.name} is not CLIP-style (no text encoder)"
-        else:
-            style = caption_style or enc.caption_style
-            candidates = list(range(len(classes)))
-            if zero_shot_classes == "test":
-                candidates = sorted(set(y_test.tolist()))
-            texts = P.captions([view.class_lineages[i] for i in candidates], style, templates)
-            sub = P.zero_shot_scores(enc, x_test, texts)
-            scores = np.full((len(x_test), len(classes)), -np.inf)
-            scores[:, candidates] = sub
-            results["zero-shot"] = {
-                **metrics.classification_report(y_test, scores, classes, **block),
-                "candidates": (
-                    f"all {len(candidates)} classes of the label space"
-                    if zero_shot_classes == "all"
-                    else f"the {len(candidates)} classes present in the test set"
-                ),
-                "caption_style": style,
-                "templates": templates,
-                "example_caption": texts[0][0] if texts else None,
-            }
-
-    if needs_train:
-        x_train = cache.features(train)
-        y_train = train["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
-        x_val = cache.features(val) if val.num_rows else None
-        y_val = P.index_labels(val["label"].to_pylist(), classes) if val.num_rows else None
-    if "linear-probe" in protocols:
-        probs, c = P.linear_probe(x_train, y_train, x_test, len(classes), val_x=x_val, val_y=y_val)
-        results["linear-probe"] = {
-            **metrics.classification_report(y_test, probs, classes, **block),
-            "C": c,
-        }
-    if "few-shot" in protocols:
-        results["few-shot"] = P.few_shot(
-            x_train,
-            y_train,
-            train["object_id"].to_pylist(),
-            x_test,
-            y_test,
-            test["object_id"].to_pylist(),
-            len(classes),
-            shots=shots,
-            seeds=seeds,
-        )
-    if "cross-source" in protocols:
-        results["cross-source"] = _cross_source(
-            store, enc, cache, cross_rank, cross_unit, plankton_only, cache_args
-        )
+            results[name] = outcome
 
     run = {
         "format": FORMAT,
@@ -201,21 +301,21 @@ def evaluate(
         "split": {"scheme": split, "info": view.split_info},
         "rank": rank,
         "filters": view.filters,
-        "seeds": list(seeds),
+        "seeds": list(cfg.seeds),
         "settings": {
-            "protocols": list(protocols),
-            "shots": list(shots),
-            "caption_style": caption_style or enc.caption_style,
-            "templates": templates,
-            "zero_shot_classes": zero_shot_classes,
-            "cross_rank": cross_rank,
-            "cross_unit": cross_unit,
-            "batch_size": batch_size,
+            "protocols": list(cfg.protocols),
+            "shots": list(cfg.shots),
+            "caption_style": cfg.caption_style or enc.caption_style,
+            "templates": cfg.templates,
+            "zero_shot_classes": cfg.zero_shot_classes,
+            "cross_rank": cfg.cross_rank,
+            "cross_unit": cfg.cross_unit,
+            "batch_size": cfg.batch_size,
             "preprocessing": enc.preprocessing,
-            "test_images": int(test.num_rows),
-            "train_images": int(train.num_rows),
+            "test_images": int(r.test.num_rows),
+            "train_images": int(r.train.num_rows),
         },
-        "classes": classes,
+        "classes": r.classes,
         "class_lineages": view.class_lineages,
         "protocols": results,
         "skipped": skipped,
@@ -420,9 +520,8 @@ def write_results(run: dict | list, out: str | os.PathLike, *, report: bool = Tr
     report with its plots, into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        out / "results.json", json.dumps(run, indent=1, default=_json_default, allow_nan=False)
-    )
+    text = json.dumps(run, indent=1, default=_json_default, allow_nan=False)
+    atomic_write(out / "results.json", text)
     if report:
         from planktonzilla.evaluate.report import write_report
 

@@ -194,8 +194,8 @@ def _native_vision_cfg(trunk, image_size: int) -> dict[str, Any] | None:
         "mlp_ratio": block.mlp.fc1.out_features / width,
         "no_ln_pre": True,
         "pool_type": "tok" if trunk.global_pool == "token" else "avg",
-        # timm's avg pool normalises after pooling (fc_norm), its token pool before
-        "final_ln_after_pool": trunk.global_pool == "avg",
+        # the final LayerNorm: timm's `norm` before pooling, or its `fc_norm` after
+        "final_ln_after_pool": not isinstance(trunk.fc_norm, torch.nn.Identity),
         "norm_kwargs": {"eps": block.norm1.eps},
     }
 

@@ -12,8 +12,10 @@ Endpoints (JSON unless said otherwise; every error is ``{"error": {"code", "mess
   download from ``GET /api/results/{id}?format=csv|ecotaxa`` (kept in memory for the last
   `KEPT_RESULTS` requests).
 - ``GET /api/model``, ``GET /api/health``; with a store: ``GET /api/stats``,
-  ``GET /api/images/{object_id}?size=N``, and ``GET /report`` (the newest
-  ``evaluations/*/report.html``). Without a store these answer 404.
+  ``GET /api/images/{object_id}?size=N``, ``GET /api/abundance?rank=&unit=&limit=`` (counts and
+  concentrations per sample x taxon, planktonzilla.ecology) with its plot at
+  ``GET /api/abundance.png``, and ``GET /report`` (the newest ``evaluations/*/report.html``).
+  Without a store these answer 404.
 - ``GET /`` the page; ``GET /docs`` the API documentation; ``GET /openapi.json``.
 
 Offline docs: FastAPI's default ``/docs`` (Swagger UI) and ``/redoc`` load their JavaScript
@@ -296,6 +298,41 @@ def create_app(
         return Response(
             data, media_type=media, headers={"Cache-Control": "public, max-age=31536000"}
         )
+
+    @app.get("/api/abundance", tags=["store"], responses={404: {"description": "no store"}})
+    def abundance_rows(
+        rank: str = Query("genus", pattern="^(kingdom|phylum|class|order|family|genus|species)$"),
+        unit: str = Query("L", pattern="^(ml|L|m3)$"),
+        limit: int = Query(500, ge=1, le=10000, description="rows with a count, at most"),
+    ) -> dict:
+        """Counts and concentrations per sample x taxon from the store's labels and sample
+        volumes (rows with a count > 0, most abundant first), and the plot's URL."""
+        table, _ = _browser().abundance(rank, unit)
+        rows = [r for r in table.to_pylist() if r["count"] > 0]
+        rows.sort(key=lambda r: (r["rank"] == "total", -(r["concentration"] or 0), -r["count"]))
+        for r in rows:
+            r["time_utc"] = r["time_utc"].isoformat() if r["time_utc"] else None
+        return {
+            "rank": rank,
+            "unit": unit,
+            "rows": rows[:limit],
+            "total_rows": len(rows),
+            "plot": f"/api/abundance.png?rank={rank}&unit={unit}",
+        }
+
+    @app.get(
+        "/api/abundance.png",
+        tags=["store"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 404: {}},
+    )
+    def abundance_plot(
+        rank: str = Query("genus", pattern="^(kingdom|phylum|class|order|family|genus|species)$"),
+        unit: str = Query("L", pattern="^(ml|L|m3)$"),
+    ) -> Response:
+        """The plot of the most abundant taxa: time series, or depth profiles for profilers."""
+        _, png = _browser().abundance(rank, unit)
+        return Response(png, media_type="image/png")
 
     def _browser() -> StoreBrowser:
         if browser is None:

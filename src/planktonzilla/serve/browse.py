@@ -1,5 +1,6 @@
 """What the web app shows of an object store: counts per source / instrument / taxon,
-sampling locations, a few images per class, and the latest evaluation report.
+sampling locations, a few images per class, the latest evaluation report, and abundances per
+sample x taxon (planktonzilla.ecology).
 
     browser = StoreBrowser("store")
     browser.stats()["taxa"][:3]
@@ -36,6 +37,7 @@ class StoreBrowser:
         self._lock = threading.Lock()
         self._cached: tuple[str, dict[str, Any]] | None = None
         self._files: tuple[str, list[str]] | None = None
+        self._abundance: dict[tuple, tuple[Any, bytes]] = {}
 
     def stats(self) -> dict[str, Any]:
         key = self.store.manifest_hash()
@@ -52,6 +54,25 @@ class StoreBrowser:
             if report is None
             else {"url": "/report", "evaluation": report.parent.name},
         }
+
+    def abundance(self, rank: str = "genus", unit: str = "L") -> tuple[Any, bytes]:
+        """The store's abundance table (planktonzilla.ecology: its labels, its sample volumes)
+        and its PNG plot, cached per manifest and sample tables."""
+        from planktonzilla.ecology.abundance import abundance
+        from planktonzilla.ecology.plots import plot_png
+
+        samples = sorted(
+            (p.name, p.stat().st_mtime_ns) for p in self.store.layout.samples.glob("*.parquet")
+        )
+        key = (self.store.manifest_hash(), tuple(samples), rank, unit)
+        with self._lock:
+            cached = self._abundance.get(key)
+        if cached is None:
+            table = abundance(self.store, rank=rank, unit=unit)
+            cached = (table, plot_png(table))
+            with self._lock:
+                self._abundance = {key: cached}  # the latest only: tables can be large
+        return cached
 
     def _compute_stats(self) -> dict[str, Any]:
         con = self.store.connect()

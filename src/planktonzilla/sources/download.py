@@ -4,7 +4,9 @@
   file takes its final name only when complete (and verified when a size or checksum is known);
 - explicit timeouts, retries with exponential backoff on transport errors and 5xx/429;
 - an honest User-Agent naming the tool (some hosts drop generic library agents);
-- `probe` asks with HEAD and falls back to a one-byte ranged GET when HEAD is refused;
+- `probe` asks with HEAD and falls back to a one-byte ranged GET when HEAD is refused, answers
+  anything but 2xx, raises or times out (darchive drops HEAD connections, dbarchive refuses HEAD,
+  NCEI times out on HEAD: sources-verified.md);
 - a `200` that returns an HTML page where an archive is expected is a login wall or a
   landing page, never data: `LoginWallError`;
 - the Fairdata download service flow (request -> poll -> authorize -> single-use URL).
@@ -28,10 +30,9 @@ if TYPE_CHECKING:
     import httpx
 
 PROJECT_URL = "https://github.com/planktonzilla/planktonzilla"
-FAIRDATA_URL = "https://download.fairdata.fi/api/v1"
+#: The Fairdata download API root (sources-verified.md: download.fairdata.fi answers 404 there).
+FAIRDATA_URL = "https://etsin.fairdata.fi/api/download"
 CHUNK = 1 << 20
-#: Statuses that mean "this host refuses HEAD": probe again with a one-byte GET.
-HEAD_REFUSED = frozenset({403, 405, 501})
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -89,7 +90,8 @@ class Probe:
 
 
 def probe(url: str, *, client: httpx.Client | None = None) -> Probe:
-    """Reachability and size of `url`: HEAD, or a one-byte ranged GET when HEAD is refused."""
+    """Reachability and size of `url`: HEAD, or a one-byte ranged GET when HEAD is refused,
+    answers anything but 2xx, raises or times out (the GET's answer is the verdict)."""
     import httpx
 
     own = client is None
@@ -97,15 +99,24 @@ def probe(url: str, *, client: httpx.Client | None = None) -> Probe:
     try:
         try:
             r = client.head(url)
-            method = "HEAD"
-            if r.status_code in HEAD_REFUSED:
-                method = "GET bytes=0-0"
-                with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as r:
-                    head = next(r.iter_bytes(512), b"") if r.status_code < 400 else b""
-                    return _probe_result(url, r, method, head)
-            return _probe_result(url, r, method, b"")
+            if 200 <= r.status_code < 300:
+                return _probe_result(url, r, "HEAD", b"")
+            why = f"HEAD {r.status_code}"
         except httpx.HTTPError as exc:
-            return Probe(url, False, None, message=f"unreachable: {type(exc).__name__}: {exc}")
+            why = f"HEAD {type(exc).__name__}"
+        method = f"GET bytes=0-0 ({why})"
+        try:
+            with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as r:
+                head = next(r.iter_bytes(512), b"") if r.status_code < 400 else b""
+                return _probe_result(url, r, method, head)
+        except httpx.HTTPError as exc:
+            return Probe(
+                url,
+                False,
+                None,
+                method=method,
+                message=f"unreachable ({why}; GET {type(exc).__name__}: {exc})",
+            )
     finally:
         if own:
             client.close()
@@ -288,10 +299,32 @@ def _verify(path: Path, size: int | None, sha256: str | None, url: str) -> None:
 
 
 # --- Fairdata -----------------------------------------------------------------------------
+# The Etsin download API as recorded in sources-verified.md: the parameter is `cr_id` everywhere;
+# GET/POST `requests` answer one flat object {"package", "status", "size", "checksum", …};
+# `authorize` answers {"url": …}, a single-use download URL used as is.
 
 
 def fairdata_url() -> str:
     return os.environ.get("PZ_FAIRDATA_URL", FAIRDATA_URL).rstrip("/")
+
+
+def fairdata_request(client: httpx.Client, base: str, cr_id: str) -> dict:
+    """The package request of dataset `cr_id` (`GET {base}/requests?cr_id=`). Any answer but a
+    200 with a JSON object is a `DownloadError`: a 404 means a wrong host or path."""
+    r = client.get(f"{base}/requests", params={"cr_id": cr_id})
+    return _fd_object(r, "requests")
+
+
+def _fd_object(r: httpx.Response, what: str) -> dict:
+    if r.status_code >= 400:
+        raise DownloadError(f"Fairdata {what}: {_status_help(r)}: {r.text[:200]}")
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise DownloadError(f"Fairdata {what}: not a JSON object: {r.text[:200]}")
+    return body
 
 
 def fairdata_download(
@@ -299,7 +332,6 @@ def fairdata_download(
     dest: Path,
     *,
     base_url: str | None = None,
-    scope: list[str] | None = None,
     size: int | None = None,
     client: httpx.Client | None = None,
     poll_interval: float = 5.0,
@@ -307,14 +339,14 @@ def fairdata_download(
     retries: int = 5,
     backoff: float = 1.0,
 ) -> Path:
-    """Fetch a Fairdata (Etsin/IDA) dataset package through the download service:
+    """Fetch the package of Fairdata dataset `dataset` (its `cr_id`):
 
-    1. `POST {base}/requests` `{"dataset": id, "scope": [...]}` asks for a package to be made;
-    2. `GET {base}/requests?dataset=id` is polled until the package's status is `SUCCESS`
-       (`{"partial": [{"scope", "status", "package"}], "complete": {...}}`);
-    3. `POST {base}/authorize` `{"dataset": id, "package": name}` returns `{"token": ...}`;
-    4. `GET {base}/download?token=...` serves the package once (resumable within the token's
-       life; a fresh token is asked for when a resume is refused).
+    1. `GET {base}/requests?cr_id=` tells whether a package is ready (`status` SUCCESS);
+    2. if not, `POST {base}/requests` `{"cr_id"}` asks for one, and `GET` is polled until
+       `status` is SUCCESS (FAILED is an error);
+    3. `POST {base}/authorize` `{"cr_id", "package"}` answers `{"url"}`, a single-use URL,
+       fetched as is; a broken transfer asks for a new URL and resumes the `.part` file.
+    The package's `size` and `checksum` (`sha256:…`) are verified.
     """
     import httpx
 
@@ -326,21 +358,21 @@ def fairdata_download(
     own = client is None
     client = client or make_client()
     try:
-        package = _fairdata_package(client, base, dataset, scope, poll_interval, max_wait)
+        info = _fairdata_package(client, base, dataset, poll_interval, max_wait)
+        size = size if size is not None else info.get("size")
+        checksum = str(info.get("checksum") or "")
+        sha256 = checksum.split(":", 1)[1] if checksum.lower().startswith("sha256:") else None
         last: Exception | None = None
         for attempt in range(retries + 1):
-            r = _fd(client.post, f"{base}/authorize", json={"dataset": dataset, "package": package})
-            token = r.json().get("token")
-            if not token:
-                raise DownloadError(f"Fairdata authorize gave no token: {r.text[:200]}")
+            r = client.post(
+                f"{base}/authorize", json={"cr_id": dataset, "package": info["package"]}
+            )
+            url = _fd_object(r, "authorize").get("url")
+            if not url:
+                raise DownloadError(f"Fairdata authorize gave no url: {r.text[:200]}")
             try:
                 return download(
-                    f"{base}/download?token={token}",
-                    dest,
-                    size=size,
-                    client=client,
-                    retries=0,
-                    backoff=backoff,
+                    url, dest, size=size, sha256=sha256, client=client, retries=0, backoff=backoff
                 )
             except DownloadError as exc:  # single-use URL spent: authorize again and resume
                 if isinstance(exc, LoginWallError | VerificationError):
@@ -355,43 +387,25 @@ def fairdata_download(
             client.close()
 
 
-def _fd(method, url: str, **kwargs):
-    r = method(url, **kwargs)
-    if r.status_code >= 400:
-        raise DownloadError(f"Fairdata service: {_status_help(r)}: {r.text[:200]}")
-    return r
+def _fairdata_package(client, base, dataset, poll_interval, max_wait) -> dict:
+    def ready(info: dict) -> bool:
+        status = str(info.get("status", "")).upper()
+        if status == "FAILED":
+            raise DownloadError(f"Fairdata could not package dataset {dataset}: {info}")
+        return status == "SUCCESS" and bool(info.get("package"))
 
-
-def _fairdata_package(client, base, dataset, scope, poll_interval, max_wait) -> str:
-    def ready() -> str | None:
-        r = client.get(f"{base}/requests", params={"dataset": dataset})
-        if r.status_code == 404:
-            return None
-        if r.status_code >= 400:
-            raise DownloadError(f"Fairdata service: {_status_help(r)}")
-        body = r.json()
-        entries = [body["complete"]] if not scope and body.get("complete") else []
-        entries += [p for p in body.get("partial", []) if scope and p.get("scope") == scope]
-        for entry in entries:
-            status = str(entry.get("status", "")).upper()
-            if status == "SUCCESS" and entry.get("package"):
-                return entry["package"]
-            if status == "FAILED":
-                raise DownloadError(f"Fairdata could not package dataset {dataset}: {entry}")
-        return None
-
-    package = ready()
-    if package:
-        return package
-    body = {"dataset": dataset} | ({"scope": scope} if scope else {})
-    _fd(client.post, f"{base}/requests", json=body)
+    r = client.get(f"{base}/requests", params={"cr_id": dataset})
+    # no request yet may answer 404; the POST below then tells a wrong root (404 again) apart
+    info = {} if r.status_code == 404 else _fd_object(r, "requests")
+    if ready(info):
+        return info
+    info = _fd_object(client.post(f"{base}/requests", json={"cr_id": dataset}), "requests")
     deadline = time.monotonic() + max_wait
-    while True:
-        package = ready()
-        if package:
-            return package
+    while not ready(info):
         if time.monotonic() > deadline:
             raise DownloadError(
                 f"Fairdata did not finish packaging {dataset} within {max_wait:.0f} s; rerun later"
             )
         time.sleep(poll_interval)
+        info = fairdata_request(client, base, dataset)
+    return info

@@ -10,7 +10,6 @@ stamped with the collection's licence, instrument, citation and fixed-site metad
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import gzip
 import io
@@ -18,12 +17,13 @@ import json
 import os
 import re
 import shutil
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 from planktonzilla.constants import cache_dir
 from planktonzilla.exceptions import SourceError
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
     from planktonzilla.records import Record, Rejection
-    from planktonzilla.store import IngestReport
+    from planktonzilla.store import IngestReport, ObjectStore
 
 ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
@@ -53,20 +53,15 @@ _SPLIT_NAMES = frozenset(SPLIT_VALUES)
 # --- where things go ----------------------------------------------------------------------
 
 
-def _file_name(url: str) -> str:
-    name = unquote(PurePosixPath(urlsplit(url).path).name)
-    return name or "download"
-
-
 def download_targets(c: Collection, mirror: str | None = None) -> list[tuple[str, str]]:
-    """(url, file name) for each file to download. `mirror` replaces the hosts with
+    """(url, file name) for each file to download; the names come from the registry (WHOI's
+    nine URLs all end in `download`). `mirror` replaces the hosts with
     `<mirror>/<collection id>/<file name>` (an institutional copy, or a test server)."""
     if c.download.kind == "fairdata":
         name = f"{c.download.dataset}.zip"
         return [(f"{mirror.rstrip('/')}/{c.id}/{name}" if mirror else "", name)]
     out = []
-    for url in c.download.urls:
-        name = _file_name(url)
+    for url, name in zip(c.download.urls, c.file_names(), strict=True):
         out.append((f"{mirror.rstrip('/')}/{c.id}/{name}" if mirror else url, name))
     return out
 
@@ -131,11 +126,7 @@ def extract_all(archives: list[Path], into: Path, **limits) -> Path:
 
     into.mkdir(parents=True, exist_ok=True)
     for archive in archives:
-        stem = archive.name
-        for ext in ARCHIVE_EXTS:
-            if stem.lower().endswith(ext):
-                stem = stem[: -len(ext)]
-                break
+        stem = _archive_stem(archive.name)
         target = into / stem
         marker = into / f".{stem}.extracted.json"
         made_from = {"archive": archive.name, "size": archive.stat().st_size}
@@ -184,20 +175,37 @@ def prepare(
         if from_path.is_file():
             return extract_all([from_path], base / "extracted", **limits)
         archives = sorted(p for p in from_path.iterdir() if _is_archive(p))
-        if archives and not _resolve_roots(c, from_path):
+        own = {a.name for a in archives} & set(c.file_names())  # the download's own files
+        if archives and (own or not _resolve_roots(c, from_path)):
             return extract_all(archives, base / "extracted", **limits)
         return from_path
-    archives = fetch(
-        c,
-        base / "downloads",
-        mirror=mirror,
-        client=client,
-        fairdata_url=fairdata_url,
-        retries=retries,
-        backoff=backoff,
-        poll_interval=poll_interval,
-    )
-    return extract_all(archives, base / "extracted", **limits)
+    from planktonzilla.exceptions import ExtractError, UnsafeArchiveError
+
+    def download() -> list[Path]:
+        return fetch(
+            c,
+            base / "downloads",
+            mirror=mirror,
+            client=client,
+            fairdata_url=fairdata_url,
+            retries=retries,
+            backoff=backoff,
+            poll_interval=poll_interval,
+        )
+
+    archives = download()
+    for archive in archives:
+        try:
+            extract_all([archive], base / "extracted", **limits)
+        except UnsafeArchiveError:
+            raise
+        except ExtractError:
+            # A body cut short by a host that sent no length looks complete until it is read:
+            # hand it back to the downloader as a partial file, which resumes it (once).
+            archive.rename(archive.with_name(archive.name + ".part"))
+            download()
+            extract_all([archive], base / "extracted", **limits)
+    return base / "extracted"
 
 
 # --- layout rules ---------------------------------------------------------------------------
@@ -290,12 +298,11 @@ def _resolve_roots(c: Collection, tree: Path) -> list[ClassRoot]:
                     continue
                 if start and not literal:
                     break
-                for wrap in range(3):  # archives often add a folder or two on top
-                    glob = "/".join(("*",) * wrap + sub)
+                good = []
+                for wrap in range(3):  # archives often add a folder or two on top, some
+                    glob = "/".join(("*",) * wrap + sub)  # of them only (WHOI's years)
                     matches = sorted(tree.glob(glob)) if glob else [tree]
-                    good = [m for m in matches if m.is_dir() and _is_class_root(m, suffix, c.skip)]
-                    if good:
-                        break
+                    good += [m for m in matches if m.is_dir() and _is_class_root(m, suffix, c.skip)]
                 if good:
                     candidates = good
                     break
@@ -316,13 +323,7 @@ def _folder_split(c: Collection, root: Path, tree: Path) -> str | None:
     return None
 
 
-# --- split lists / tables and object tables (read in bulk) ------------------------------------
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+# --- split lists / tables and object tables (read in bulk, held in DuckDB) --------------------
 
 
 def _find(tree: Path, globs: tuple[str, ...]) -> list[Path]:
@@ -332,77 +333,8 @@ def _find(tree: Path, globs: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _read_rows(path: Path) -> Iterator[dict[str, str]]:
-    """Rows of a CSV/TSV (optionally gzipped) as dicts with lower-cased keys; an EcoTaxa type
-    row (`[t]`/`[f]`) is skipped."""
-    with _open_text(path) as fh:
-        first = fh.readline()
-        delim = "\t" if first.count("\t") >= first.count(",") and "\t" in first else ","
-        header = [h.strip().lower() for h in next(csv.reader([first], delimiter=delim))]
-        for row in csv.reader(fh, delimiter=delim):
-            if row and all(v.strip() in ("[t]", "[f]") for v in row):
-                continue
-            yield dict(zip(header, row, strict=False))
-
-
 _ID_COLUMNS = ("object_id", "objid", "id", "img_file_name", "file", "filename", "path", "img_path")
-_SPLIT_COLUMNS = ("split", "set", "subset", "dataset", "partition", "fold")
-
-
-def _pick(columns, names) -> str | None:
-    return next((n for n in names if n in columns), None)
-
-
-def _key(value: str) -> str:
-    """Match key for an image: its file name without folders and extension."""
-    name = value.replace("\\", "/").rsplit("/", 1)[-1]
-    stem, dot, ext = name.rpartition(".")
-    return stem if dot and ("." + ext.lower()) in IMAGE_EXTS else name
-
-
-def read_split(c: Collection, tree: Path) -> dict[str, str]:
-    """Image key (file stem) -> upstream split, from the collection's file lists or table."""
-    split: dict[str, str] = {}
-    if not c.split or c.split.kind == "folders":
-        return split
-    if c.split.kind == "lists":
-        for name, glob in c.split.lists:
-            for path in _find(tree, (glob,)):
-                with _open_text(path) as fh:
-                    for line in fh:
-                        if line.strip():
-                            split[_key(line.strip())] = name
-        return split
-    for path in _find(tree, c.split.files):  # table
-        rows = _read_rows(path)
-        first = next(rows, None)
-        if first is None:
-            continue
-        id_col, split_col = _pick(first, _ID_COLUMNS), _pick(first, _SPLIT_COLUMNS)
-        if id_col is None or split_col is None:
-            raise SourceError(
-                f"{path}: split table without an id column ({', '.join(_ID_COLUMNS)}) and a "
-                f"split column ({', '.join(_SPLIT_COLUMNS)}); found {sorted(first)}"
-            )
-        for row in _chain(first, rows):
-            value = SPLIT_VALUES.get((row.get(split_col) or "").strip().lower())
-            if value:
-                split[_key(row.get(id_col, ""))] = value
-    return split
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
-@dataclass
-class ObjectTable:
-    """Object id -> label and metadata, read in one pass from the collection's table."""
-
-    rows: dict[str, dict] = field(default_factory=dict)
-
-
+_SPLIT_COLUMNS = ("set", "split", "subset", "dataset", "partition", "fold")
 _TABLE_COLUMNS = {
     "label": ("taxon", "object_annotation_category", "label", "category", "class", "name"),
     "lat": ("lat", "latitude", "object_lat"),
@@ -413,26 +345,200 @@ _TABLE_COLUMNS = {
     "time": ("time", "object_time"),
     "sample_id": ("sample_id", "sample", "profile", "profile_id", "sample_profileid"),
 }
+#: The table fields whose absence is reported (the label is required, time goes with date).
+_EXPECTED_TABLE_FIELDS = ("lat", "lon", "depth_min", "date", "sample_id")
+_IMAGE_EXT_RE = "\\.(" + "|".join(sorted(e[1:] for e in IMAGE_EXTS)) + ")$"
 
 
-def read_object_table(c: Collection, tree: Path) -> ObjectTable:
-    table = ObjectTable()
-    for path in _find(tree, c.metadata.files):
-        rows = _read_rows(path)
-        first = next(rows, None)
-        if first is None:
-            continue
-        id_col = _pick(first, _ID_COLUMNS)
-        if id_col is None:
-            raise SourceError(f"{path}: object table without an id column; found {sorted(first)}")
-        cols = {k: _pick(first, names) for k, names in _TABLE_COLUMNS.items()}
-        for row in _chain(first, rows):
-            table.rows[_key(row[id_col])] = {k: row.get(col) for k, col in cols.items() if col}
-    if c.metadata.files and not table.rows:
-        raise SourceError(
-            f"{c.id}: no object table found ({', '.join(c.metadata.files)}) under {tree}"
+def _key(value: str) -> str:
+    """Match key for an image: its file name without folders and extension."""
+    name = value.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and ("." + ext.lower()) in IMAGE_EXTS else name
+
+
+def _sql_key(column: str) -> str:
+    """`_key` in DuckDB SQL, so tables are keyed without a Python loop over their rows."""
+    return (
+        f"regexp_replace(regexp_replace(replace({_q(column)}, '\\\\', '/'), '^.*/', ''),"
+        f" '{_IMAGE_EXT_RE}', '', 'i')"
+    )
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Tables:
+    """The collection's split and object tables, loaded by DuckDB into a database file in a
+    temporary folder (memory stays bounded for the 7.4 M-row global_uvp5 table) and looked up
+    one batch of images at a time. `warnings` says what was expected and not found."""
+
+    def __init__(self, c: Collection, tree: Path):
+        import duckdb
+
+        self.c = c
+        self.warnings: list[str] = []
+        self.split_expected: dict[str, int] = {}
+        self.label_col: str | None = None
+        self.field_cols: dict[str, str] = {}
+        self.other_cols: list[str] = []
+        self.has_split = self.has_table = False
+        self._dir = tempfile.TemporaryDirectory(prefix="pz-tables-")
+        self.con = duckdb.connect(str(Path(self._dir.name) / "tables.duckdb"))
+        self.con.execute("SET preserve_insertion_order = false")
+        try:
+            if c.split and c.split.kind in ("lists", "table"):
+                self._load_split(tree)
+            if c.metadata.kind == "table":
+                self._load_objects(tree)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.con.close()
+        self._dir.cleanup()
+
+    def _columns(self, path: Path) -> list[str]:
+        rows = self.con.execute(
+            "DESCRIBE SELECT * FROM read_csv(?, all_varchar = true, header = true)", [str(path)]
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _load_split(self, tree: Path) -> None:
+        import pyarrow as pa
+
+        split = self.c.split
+        self.con.execute("CREATE TABLE split (key VARCHAR, split VARCHAR)")
+        cases = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in SPLIT_VALUES.items())
+        found = []
+        if split.kind == "lists":
+            for name, glob in split.lists:
+                for path in _find(tree, (glob,)):
+                    found.append(path)
+                    with _open_text(path) as fh:
+                        keys = [_key(line.strip()) for line in fh if line.strip()]
+                    self.con.register("lines", pa.table({"key": pa.array(keys, pa.string())}))
+                    self.con.execute(f"INSERT INTO split SELECT key, '{name}' FROM lines")
+        else:
+            for path in _find(tree, split.files):
+                found.append(path)
+                cols = {c.strip().lower(): c for c in self._columns(path)}
+                id_col, split_col = _pick(cols, _ID_COLUMNS), _pick(cols, _SPLIT_COLUMNS)
+                if id_col is None or split_col is None:
+                    raise SourceError(
+                        f"{path}: split table without an id column ({', '.join(_ID_COLUMNS)}) "
+                        f"and a split column ({', '.join(_SPLIT_COLUMNS)}); found {sorted(cols)}"
+                    )
+                self.con.execute(
+                    f"INSERT INTO split SELECT {_sql_key(cols[id_col])},"
+                    f" CASE lower(trim({_q(cols[split_col])})) {cases} END"
+                    " FROM read_csv(?, all_varchar = true, header = true)",
+                    [str(path)],
+                )
+        if not found:
+            what = (
+                ", ".join(g for _, g in split.lists)
+                if split.kind == "lists"
+                else ", ".join(split.files)
+            )
+            note = "" if split.verified else " (this split file is not verified to exist)"
+            self.warnings.append(
+                f"{self.c.id}: no upstream split found ({what}) under {tree}{note}: "
+                f"top-level entries are {sorted(p.name for p in tree.iterdir())[:12]}"
+            )
+            return
+        self.has_split = True
+        self.con.execute(
+            "CREATE TABLE split1 AS SELECT DISTINCT ON (key) key, split FROM split"
+            " WHERE split IS NOT NULL; DROP TABLE split; ALTER TABLE split1 RENAME TO split"
         )
-    return table
+        self.split_expected = dict(
+            self.con.execute("SELECT split, count(*) FROM split GROUP BY split").fetchall()
+        )
+
+    def _load_objects(self, tree: Path) -> None:
+        paths = _find(tree, self.c.metadata.files)
+        if not paths:
+            raise SourceError(
+                f"{self.c.id}: no object table found ({', '.join(self.c.metadata.files)}) "
+                f"under {tree}"
+            )
+        path = paths[0]  # one table per collection (the first match wins)
+        cols = {c.strip().lower(): c for c in self._columns(path)}
+        id_col = _pick(cols, _ID_COLUMNS)
+        if id_col is None:
+            raise SourceError(f"{path}: object table without an id column; found {sorted(cols)}")
+        found = {k: cols[n] for k, names in _TABLE_COLUMNS.items() if (n := _pick(cols, names))}
+        self.label_col = found.pop("label", None)
+        self.field_cols = found
+        used = {cols[id_col], self.label_col, *found.values()}
+        self.other_cols = [c for c in cols.values() if c not in used]
+        if self.label_col is None:
+            self.warnings.append(
+                f"{path.name}: no label column ({', '.join(_TABLE_COLUMNS['label'])}); "
+                f"found {sorted(cols)}"
+            )
+        missing = [f for f in _EXPECTED_TABLE_FIELDS if f not in found]
+        if missing:
+            self.warnings.append(
+                f"{path.name}: no column for {', '.join(missing)} (those fields stay empty); "
+                f"columns found: {', '.join(cols.values())}"
+            )
+        self.con.execute(
+            f"CREATE TABLE objtab AS SELECT DISTINCT ON (_key) {_sql_key(cols[id_col])} AS _key, *"
+            " FROM read_csv(?, all_varchar = true, header = true)"
+            f" WHERE {_q(cols[id_col])} NOT IN ('[t]', '[f]')",  # an EcoTaxa type row
+            [str(path)],
+        )
+        self.con.execute("CREATE TABLE seen (key VARCHAR)")
+        self.has_table = True
+
+    def lookup(self, keys: list[str]) -> tuple[dict[str, str], dict[str, dict]]:
+        """(key -> split, key -> object-table row) for one batch of image keys."""
+        import pyarrow as pa
+
+        if not (self.has_split or self.has_table):
+            return {}, {}
+        self.con.register("batch", pa.table({"key": pa.array(keys, pa.string())}))
+        split: dict[str, str] = {}
+        rows: dict[str, dict] = {}
+        if self.has_split:
+            split = dict(
+                self.con.execute(
+                    "SELECT s.key, s.split FROM split s JOIN batch b USING (key)"
+                ).fetchall()
+            )
+        if self.has_table:
+            self.con.execute("INSERT INTO seen SELECT key FROM batch")
+            t = self.con.sql(
+                "SELECT o.* FROM objtab o JOIN batch b ON o._key = b.key"
+            ).to_arrow_table()
+            rows = {r["_key"]: r for r in t.to_pylist()}
+        return split, rows
+
+    def unseen(self) -> Iterator[tuple[str, str | None]]:
+        """(key, label) of object-table rows no image matched, streamed."""
+        if not self.has_table:
+            return
+        label = _q(self.label_col) if self.label_col else "NULL"
+        cur = self.con.execute(
+            f"SELECT _key, {label} FROM objtab WHERE _key NOT IN (SELECT key FROM seen)"
+            " ORDER BY _key"
+        )
+        while chunk := cur.fetchmany(10_000):
+            yield from chunk
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _pick(columns, names) -> str | None:
+    return next((n for n in names if n in columns), None)
 
 
 def _float(value) -> float | None:
@@ -479,6 +585,19 @@ def ifcb_name(stem: str) -> tuple[str, datetime, int] | None:
 
 # --- records --------------------------------------------------------------------------------
 
+_BATCH = 50_000  # each batch lookup scans the object table once: few, large batches
+
+
+@dataclass
+class Counts:
+    """What the tree held, by archive and by upstream split, against what was expected."""
+
+    expected: int
+    archives: tuple[str, ...] = ()  # the download's archives (empty for a user's folder)
+    by_archive: Counter = field(default_factory=Counter)
+    by_split: Counter = field(default_factory=Counter)
+    split_expected: dict[str, int] = field(default_factory=dict)
+
 
 @dataclass
 class Plan:
@@ -487,12 +606,23 @@ class Plan:
     collection: Collection
     tree: Path
     roots: list[ClassRoot]
-    split: dict[str, str]
-    table: ObjectTable | None
+    tables: Tables
+    counts: Counts
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.tables.warnings
+
+
+def _archive_stem(name: str) -> str:
+    for ext in ARCHIVE_EXTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def plan(c: Collection | str, tree: Path) -> Plan:
-    """Resolve the layout and read the split and object tables; `SourceError` when the tree
+    """Resolve the layout and load the split and object tables; `SourceError` when the tree
     does not have the collection's layout."""
     c = get(c) if isinstance(c, str) else c
     tree = Path(tree)
@@ -502,78 +632,114 @@ def plan(c: Collection | str, tree: Path) -> Plan:
             f"{tree} does not have the layout of {c.id} ({' or '.join(c.layout)}): no class "
             "folders with images found"
         )
-    table = read_object_table(c, tree) if c.metadata.kind == "table" else None
-    return Plan(c, tree, roots, read_split(c, tree), table)
+    tables = Tables(c, tree)
+    stems = tuple(_archive_stem(name) for _, name in download_targets(c))
+    extracted = any((tree / s).is_dir() for s in stems)  # else a user's own folder
+    counts = Counts(c.images, stems if extracted else (), split_expected=tables.split_expected)
+    return Plan(c, tree, roots, tables, counts)
 
 
 def collection_records(p: Plan) -> Iterator[Record | Rejection]:
     """The collection's records, stamped with its licence, instrument, citation and metadata.
     Origins are relative to the class root (prefixed by the root's folder when there are
-    several), so a user's copy of the class folders and the archive give the same origins."""
+    several), so a user's copy of the class folders and the archive give the same origins.
+    Counts what it yields in `p.counts`; closes `p.tables` when done."""
     from planktonzilla.readers.folder import read_folder
     from planktonzilla.records import Rejection
 
     c = p.collection
-    extra = c.provenance()
-    meta = c.metadata
-    seen_keys: set[str] = set()
     common = Path(os.path.commonpath([r.path for r in p.roots]))
-    for root in p.roots:
-        prefix = ""  # roots apart by the folders below their common parent, wrappers ignored
-        if root.path != common:
-            prefix = root.path.relative_to(common).as_posix() + "/"
-        items = _table_items(root.path) if c.reader == "table" else read_folder(root.path)
-        for item in items:
-            name = PurePosixPath(item.origin).name
-            if c.skip and any(fnmatch.fnmatch(name, pat) for pat in c.skip):
-                continue
-            item.origin = prefix + item.origin
-            if isinstance(item, Rejection):
-                yield item
-                continue
-            rel = PurePosixPath(item.origin[len(prefix) :])
-            if root.suffix and len(rel.parts) > 1:
-                first = rel.parts[0]
-                item.raw_label = first if first.lower() not in _SPLIT_NAMES else rel.parts[1]
-            key = _key(name)
-            item.extra.update(extra)
-            split = root.split or p.split.get(key) or p.split.get(name)
-            if split:
-                item.extra["upstream_split"] = split
-            if p.table is not None:
-                seen_keys.add(key)
-                row = p.table.rows.get(key)
-                if row:
-                    item.raw_label = row.get("label") or item.raw_label
-                    item.lat, item.lon = _float(row.get("lat")), _float(row.get("lon"))
-                    item.depth_min = _float(row.get("depth_min"))
-                    item.depth_max = _float(row.get("depth_max"))
-                    item.time_utc = _when(row.get("date"), row.get("time"))
-                    item.sample_id = row.get("sample_id") or None
-                else:
-                    item.extra["unlabelled_reason"] = "not in the collection's object table"
-            if meta.kind == "site":
-                item.lat, item.lon = meta.lat, meta.lon
-                item.depth_min = item.depth_max = meta.depth
-            elif meta.kind == "ifcb_name" and (parsed := ifcb_name(PurePosixPath(name).stem)):
-                bin_id, when, roi = parsed
-                item.sample_id = item.sample_id or bin_id
-                item.time_utc = item.time_utc or when
-                item.extra["roi_number"] = roi
-            item.instrument = item.instrument or c.instrument
-            item.license = item.license or c.license
-            item.license_url = item.license_url or c.license_url
-            yield item
-    if p.table is not None:
-        for key, row in p.table.rows.items():
-            if key not in seen_keys:
-                yield Rejection(
-                    f"table:{key}",
-                    "missing_file",
-                    f"the object table lists {key!r} but the archive has no image for it",
-                    source_object_id=key,
-                    raw_label=row.get("label"),
-                )
+    try:
+        for root in p.roots:
+            prefix = ""  # roots apart by the folders below their common parent
+            if root.path != common:
+                prefix = root.path.relative_to(common).as_posix() + "/"
+            rel = root.path.relative_to(p.tree).parts if root.path != p.tree else ()
+            items = _table_items(root.path) if c.reader == "table" else read_folder(root.path)
+            for batch in _batches(items, _BATCH):
+                keep = [
+                    it
+                    for it in batch
+                    if not (
+                        c.skip
+                        and any(
+                            fnmatch.fnmatch(PurePosixPath(it.origin).name, pat) for pat in c.skip
+                        )
+                    )
+                ]
+                names = [PurePosixPath(it.origin).name for it in keep]
+                splits, rows = p.tables.lookup(sorted({_key(n) for n in names}))
+                for item, name in zip(keep, names, strict=True):
+                    first = (*rel, *PurePosixPath(item.origin).parts)[0]
+                    p.counts.by_archive[first if first in p.counts.archives else None] += 1
+                    item.origin = prefix + item.origin
+                    if isinstance(item, Rejection):
+                        yield item
+                        continue
+                    _stamp(p, root, item, prefix, name, splits, rows)
+                    if split := item.extra.get("upstream_split"):
+                        p.counts.by_split[split] += 1
+                    yield item
+        for key, label in p.tables.unseen():
+            yield Rejection(
+                f"table:{key}",
+                "missing_file",
+                f"the object table lists {key!r} but the archive has no image for it",
+                source_object_id=key,
+                raw_label=label,
+            )
+    finally:
+        p.tables.close()
+
+
+def _batches(items, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stamp(p: Plan, root: ClassRoot, item: Record, prefix, name, splits, rows) -> None:
+    c, meta, t = p.collection, p.collection.metadata, p.tables
+    rel = PurePosixPath(item.origin[len(prefix) :])
+    if root.suffix and len(rel.parts) > 1:
+        first = rel.parts[0]
+        item.raw_label = first if first.lower() not in _SPLIT_NAMES else rel.parts[1]
+    key = _key(name)
+    item.extra.update(c.provenance())
+    split = root.split or splits.get(key)
+    if split:
+        item.extra["upstream_split"] = split
+    if t.has_table:
+        row = rows.get(key)
+        if row:
+            f = t.field_cols
+            item.raw_label = (row.get(t.label_col) if t.label_col else None) or item.raw_label
+            item.lat, item.lon = _float(row.get(f.get("lat"))), _float(row.get(f.get("lon")))
+            item.depth_min = _float(row.get(f.get("depth_min")))
+            item.depth_max = _float(row.get(f.get("depth_max")))
+            item.time_utc = _when(row.get(f.get("date")), row.get(f.get("time")))
+            item.sample_id = row.get(f.get("sample_id")) or None
+            other = {k: row[k] for k in t.other_cols if row.get(k) not in (None, "")}
+            if other:  # columns nobody has verified are kept, not dropped
+                item.extra["object_table"] = other
+        else:
+            item.extra["unlabelled_reason"] = "not in the collection's object table"
+    if meta.kind == "site":
+        item.lat, item.lon = meta.lat, meta.lon
+        item.depth_min = item.depth_max = meta.depth
+    elif meta.kind == "ifcb_name" and (parsed := ifcb_name(PurePosixPath(name).stem)):
+        bin_id, when, roi = parsed
+        item.sample_id = item.sample_id or bin_id
+        item.time_utc = item.time_utc or when
+        item.extra["roi_number"] = roi
+    item.instrument = item.instrument or c.instrument
+    item.license = item.license or c.license
+    item.license_url = item.license_url or c.license_url
 
 
 def _table_items(root: Path) -> Iterator[Record]:
@@ -587,6 +753,76 @@ def _table_items(root: Path) -> Iterator[Record]:
             yield Record(origin=str(rel), image=FileBytes(path), source_object_id=_key(rel.name))
 
 
+#: The metadata fields a build reports on, as store columns.
+REPORTED = {"lat": "lat", "lon": "lon", "depth": "depth_min", "time": "time_utc"}
+
+
+def empty_fields(store: ObjectStore, source: str) -> tuple[int, dict[str, int]]:
+    """(objects of `source`, {field: objects without it}) in the store's `objects` view (so
+    with what `pz enrich` fetched)."""
+    counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {n}" for n, c in REPORTED.items())
+    quoted = source.replace("'", "''")
+    row = store.query(
+        f"SELECT count(*) AS n, {counts} FROM objects WHERE source = '{quoted}'"
+    ).to_pylist()[0]
+    return row.pop("n"), row
+
+
+@dataclass
+class SourceReport:
+    """One collection's ingest: the store's report, what the plan warned about, and the count
+    check (stored + rejected in the store for this source vs the registry's expected count)."""
+
+    ingest: IngestReport
+    counts: Counts
+    warnings: list[str]
+    stored_total: int
+    rejected_total: int
+    empty: dict[str, int] = field(default_factory=dict)  # field -> stored objects without it
+
+    @property
+    def ok(self) -> bool:
+        return self.ingest.ok
+
+    @property
+    def accounted(self) -> int:
+        return self.stored_total + self.rejected_total
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.counts.expected - self.accounted)
+
+    def count_lines(self) -> list[str]:
+        """The count check; on a shortfall, which archive or split fell short."""
+        n = self.counts
+        source = self.ingest.source
+        head = (
+            f"{source}: stored {self.stored_total:,} + rejected {self.rejected_total:,} = "
+            f"{self.accounted:,} of {n.expected:,} expected"
+        )
+        if not self.shortfall:
+            return [head + " (complete)"]
+        lines = [head + f": SHORT by {self.shortfall:,} ({self.accounted / n.expected:.2%})"]
+        missing = [a for a in n.archives if not n.by_archive.get(a)]
+        if missing:
+            lines.append(f"  archives with no images: {', '.join(missing)}")
+        if n.archives:
+            found = ", ".join(f"{a}: {n.by_archive.get(a, 0):,}" for a in n.archives)
+            lines.append(f"  images per archive: {found}")
+        for split, want in sorted(n.split_expected.items()):
+            got = n.by_split.get(split, 0)
+            if got < want:
+                lines.append(f"  split {split}: {got:,} of {want:,} listed in the split table")
+        return lines
+
+    def empty_lines(self) -> list[str]:
+        """One line naming the metadata fields left empty, with how many objects lack each."""
+        gaps = [f"{k} {v:,}" for k, v in self.empty.items() if v]
+        if not gaps:
+            return []
+        return [f"{self.ingest.source}: of {self.stored_total:,} stored, empty: {', '.join(gaps)}"]
+
+
 def ingest_source(
     c: Collection | str,
     store: Path,
@@ -597,15 +833,17 @@ def ingest_source(
     workers: int = 1,
     progress: bool = False,
     **fetch_options,
-) -> IngestReport:
-    """Fetch (or take `from_path`), extract, apply the layout and ingest into `store`. All
-    download, extraction and layout errors are raised before the store is touched."""
+) -> SourceReport:
+    """Fetch (or take `from_path`), extract, apply the layout and ingest into `store`, then
+    check the counts. All download, extraction and layout errors are raised before the store
+    is touched."""
     from planktonzilla.store import ObjectStore
 
     c = get(c) if isinstance(c, str) else c
     tree = prepare(c, from_path=from_path, cache=cache, mirror=mirror, **fetch_options)
     p = plan(c, tree)
-    return ObjectStore(store).ingest(
+    store = ObjectStore(store)
+    report = store.ingest(
         collection_records(p),
         source=c.id,
         instrument=c.instrument,
@@ -613,6 +851,11 @@ def ingest_source(
         license_url=c.license_url,
         workers=workers,
         progress=progress,
+    )
+    entry = store.manifest()["sources"].get(c.id, {})
+    _, empty = empty_fields(store, c.id)
+    return SourceReport(
+        report, p.counts, p.warnings, entry.get("objects", 0), entry.get("rejected", 0), empty
     )
 
 

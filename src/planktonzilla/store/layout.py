@@ -9,6 +9,9 @@ parses `manifest.json`:
       rejected/<source>/part-NNNNN.parquet  inputs not stored, with their reasons
       taxonomy/<source>.parquet             lineages of a user's own labels (joined at read time)
       splits/<name>.parquet                 object id -> train / val / test
+      metadata/<source>.parquet             object id -> lat/lon/depth/time fetched after ingest
+                                            (`pz enrich`; joined at read time, shard wins)
+      samples/<source>.parquet              sampled volume per sample (joined at read time)
       evaluations/<run>/                    results.json, report.md, report.html
       cache/<kind>/<key>/                   derived data (e.g. cached features)
 """
@@ -89,6 +92,22 @@ class StoreLayout:
 
     def split(self, name: str) -> Path:
         return self.splits / f"{name}.parquet"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def source_samples(self, source: str) -> Path:
+        """`samples/<source>.parquet`: the sample table of one source (planktonzilla.ecology)."""
+        return self.samples / f"{source}.parquet"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata"
+
+    def source_metadata(self, source: str) -> Path:
+        """`metadata/<source>.parquet`: one row per object_id (the content hash)."""
+        return self.metadata / f"{source}.parquet"
 
     @property
     def evaluations(self) -> Path:

@@ -307,7 +307,8 @@ class ObjectStore:
         """A DuckDB connection with the views `objects` (image rows joined with their lineage:
         kingdom … species, taxon, taxon_rank, aphia_id, root_class, plankton, qualifier,
         taxonomy_status), `rejected`, `taxonomy` (the mapping in use) and `splits` (scheme,
-        object_id, split: every `splits/<scheme>.parquet`; empty when none)."""
+        object_id, split: every `splits/<scheme>.parquet`; empty when none) and `samples` (every
+        `samples/<source>.parquet`, schema.SAMPLES; empty when none)."""
         import duckdb
 
         con = duckdb.connect()
@@ -322,13 +323,14 @@ class ObjectStore:
         con.register("_taxonomy", self.taxonomy())
         con.execute("CREATE VIEW taxonomy AS SELECT * FROM _taxonomy")
         lineage = ", ".join(f'NULLIF(t."{c}", \'\') AS "{c}"' for c in _LINEAGE_TEXT)
+        _metadata_view(con, self.layout)
         con.execute(
             "CREATE VIEW objects AS SELECT o.*, "
             + lineage
             + ", NULLIF(t.name, '') AS taxon, NULLIF(t.rank, '') AS taxon_rank, t.aphia_id,"
             " NULLIF(t.root_class, '') AS root_class, t.plankton,"
             " NULLIF(t.qualifier, '') AS qualifier, t.status AS taxonomy_status"
-            " FROM objects_raw o LEFT JOIN taxonomy t"
+            " FROM objects_enriched o LEFT JOIN taxonomy t"
             " ON t.source = o.source AND t.raw_label = o.raw_label"
         )
         # splits/<scheme>.parquet (planktonzilla.data.splits), joined at read time
@@ -344,7 +346,21 @@ class ObjectStore:
                 "CREATE VIEW splits AS SELECT NULL::VARCHAR AS scheme,"
                 " NULL::VARCHAR AS object_id, NULL::VARCHAR AS split WHERE false"
             )
+        self._samples_view(con)
         return con
+
+    def _samples_view(self, con) -> None:
+        """The `samples` view: sampled volumes per sample (planktonzilla.ecology), joined at
+        read time like the taxonomy; the empty table of schema.SAMPLES when there are none."""
+        files = sorted(str(p) for p in self.layout.samples.glob("*.parquet"))
+        if files:
+            con.execute(
+                f"CREATE VIEW samples AS SELECT * FROM read_parquet({_sql_list(files)},"
+                " union_by_name = true)"
+            )
+        else:
+            con.register("_samples_empty", schema.SAMPLES.empty_table())
+            con.execute("CREATE VIEW samples AS SELECT * FROM _samples_empty")
 
     def taxonomy(self) -> pa.Table:
         """The mapping joined at read time: the shipped mapping of the public collections,
@@ -360,6 +376,17 @@ class ObjectStore:
             keep = [pair not in covered for pair in _pairs(local)]
             tables.append(local.filter(pa.array(keep, pa.bool_())))
         return pa.concat_tables(tables)
+
+    def refresh_taxonomy(self) -> list[str]:
+        """Resolve every source's labels again (after a backbone, mapping or name-index
+        update) into `taxonomy/<source>.parquet`; shards are never rewritten, and every
+        view (objects, captions, splits, training labels) reads the new lineages. Returns
+        the sources refreshed."""
+        sources = sorted(self.manifest()["sources"])
+        with self._lock():
+            for source in sources:
+                self._resolve_labels(source)
+        return sources
 
     def _resolve_labels(self, source: str) -> None:
         """Resolve the source's raw labels the shipped mapping does not cover, with the parser
@@ -817,6 +844,25 @@ class ObjectStore:
             "sources": dict(sorted(sources.items())),
         }
         atomic_write(self.layout.manifest, json.dumps(manifest, indent=1))
+
+
+#: The shard columns a `metadata/<source>.parquet` table may fill (`pz enrich`).
+ENRICHED_COLUMNS = ("lat", "lon", "depth_min", "depth_max", "time_utc")
+
+
+def _metadata_view(con, layout: StoreLayout) -> None:
+    """`objects_enriched`: `objects_raw` with its empty lat/lon/depth/time filled from the
+    per-source metadata tables (keyed by object_id); a value in the shard always wins."""
+    files = sorted(str(p) for p in layout.metadata.glob("*.parquet"))
+    if not files:
+        con.execute("CREATE VIEW objects_enriched AS SELECT * FROM objects_raw")
+        return
+    filled = ", ".join(f"COALESCE(o.{c}, m.{c}) AS {c}" for c in ENRICHED_COLUMNS)
+    con.execute(
+        f"CREATE VIEW objects_enriched AS SELECT o.* REPLACE ({filled}) FROM objects_raw o"
+        f" LEFT JOIN (SELECT object_id, {', '.join(ENRICHED_COLUMNS)}"
+        f" FROM read_parquet({_sql_list(files)}, union_by_name = true)) m USING (object_id)"
+    )
 
 
 def _origins(paths: Iterable[Path]) -> set[str]:

@@ -50,6 +50,31 @@ REJECTED = pa.schema(
     metadata={"planktonzilla.schema_version": str(SCHEMA_VERSION)},
 )
 
+#: `samples/<source>.parquet`: one row per sampling unit with its sampled volume and where the
+#: volume comes from (planktonzilla.ecology.volumes). A unit is a whole sample (`subsample_by`
+#: null: IFCB bin, FlowCam run), one acquisition of it (`acq_id`: a ZooScan fraction with its
+#: own sub-sampling) or a depth bin of a profile (`depth`: UVP). Joined at read time.
+SAMPLES = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("subsample_id", pa.string()),  # acq_id, or a depth bin label ("0-5")
+        pa.field("subsample_by", pa.string()),  # null | "acq_id" | "depth"
+        pa.field("time_utc", _UTC),
+        pa.field("lat", pa.float64()),
+        pa.field("lon", pa.float64()),
+        pa.field("depth_min", pa.float64()),
+        pa.field("depth_max", pa.float64()),
+        pa.field("volume_ml", pa.float64()),  # the volume the counted objects were seen in
+        pa.field("volume_method", pa.string()),  # ifcb_header, ifcb_adc, flowcam_summary, …
+        pa.field("fraction", pa.float64()),  # sub-sampling fraction already in volume_ml
+        pa.field("instrument", pa.string()),
+        pa.field("origin", pa.string()),  # the file the volume was read from
+        pa.field("extra", pa.string()),  # JSON object (run time, look time, efficiency…)
+    ],
+    metadata={"planktonzilla.schema_version": str(SCHEMA_VERSION)},
+)
+
 #: Columns that hold per-object metadata (everything but identity, bytes and bookkeeping).
 METADATA_COLUMNS = (
     "instrument",

@@ -7,6 +7,9 @@
 >>> lineage_caption(res.lineage)                          # doctest: +SKIP
 'animalia arthropoda copepoda calanoida'
 
+Under the curated backbone, a broad name index (NCBI Taxonomy, ~10^5 plankton genera and
+species, `NameIndex`) resolves names nobody listed, grafted under the curated upper ranks.
+
 Conventions (WoRMS): seven ranks kingdom … species as a contiguous prefix, species as the
 binomial; `root_class` living | detritus | artefact | inert; non-taxon objects are named by
 their category ("detritus", "bubble", …) and a living object of no particular taxon by the
@@ -15,6 +18,7 @@ WoRMS root "Biota"; `qualifier` from `QUALIFIERS` ("full_body" for a whole organ
 
 from planktonzilla.taxonomy.backbone import Backbone, Override, Taxon
 from planktonzilla.taxonomy.captions import bioclip_caption, lineage_caption, ranked_caption
+from planktonzilla.taxonomy.index import NameIndex
 from planktonzilla.taxonomy.lineage import QUALIFIERS, RANKS, ROOT_CLASSES, Lineage
 from planktonzilla.taxonomy.mapping import (
     check_mapping,
@@ -38,6 +42,7 @@ __all__ = [
     "TAXONOMY_VERSION",
     "Backbone",
     "Lineage",
+    "NameIndex",
     "Override",
     "ParsedLabel",
     "Resolution",

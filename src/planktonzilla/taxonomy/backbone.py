@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage
+from planktonzilla.taxonomy.lineage import ALL_RANKS, RANK_DEPTH, RANKS, Lineage, living_lineage
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BACKBONE_COLUMNS = ("name", "rank", "parent", "aphia_id", "status", "accepted", "plankton")
@@ -37,8 +37,9 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 def norm(text: str) -> str:
     """Lookup key: accents stripped, lower-case, `_`/whitespace collapsed to one space."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    if not text.isascii():  # the common ASCII case needs no decomposition (and is hot)
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
     return _SEP.sub(" ", text.strip().lower()).strip()
 
 
@@ -272,22 +273,8 @@ class Backbone:
         chain = self.ancestors(taxon)
         values = {t.rank: t.name for t in chain if t.rank in RANKS}
         plankton = next((t.plankton for t in chain if t.plankton is not None), None)
-        deepest = max((RANKS.index(r) for r in values), default=-1)
-        filled = []
-        for rank in RANKS[: deepest + 1]:
-            value = values.get(rank, "")
-            if not value:
-                above = next((v for v in reversed(filled) if v), "")
-                value = f"{above.removesuffix(' incertae sedis')} incertae sedis" if above else ""
-            filled.append(value)
-        filled += [""] * (len(RANKS) - len(filled))
-        lin = Lineage(
-            *filled,
-            name=taxon.name,
-            rank=taxon.rank,
-            aphia_id=taxon.aphia_id,
-            root_class="living",
-            plankton=True if plankton is None else plankton,
+        lin = living_lineage(
+            values, name=taxon.name, rank=taxon.rank, aphia_id=taxon.aphia_id, plankton=plankton
         )
         self._lineages[taxon.name] = lin
         return lin
@@ -300,7 +287,11 @@ class Backbone:
         key = norm(text)
         if len(key) < 6:
             return None
-        pool = self._pool().get(key[0], [])
+        n = len(key)
+        # difflib's ratio is at most 2·min(len)/(sum of lens): skip names too short or long
+        pool = [
+            k for k in self._pool().get(key[0], ()) if 2 * min(n, len(k)) >= cutoff * (n + len(k))
+        ]
         close = difflib.get_close_matches(key, pool, n=2, cutoff=cutoff)
         if not close:
             return None

@@ -141,3 +141,33 @@ class Lineage:
             if key in names:
                 kwargs[key] = value
         return cls(**kwargs)
+
+
+def living_lineage(
+    values: dict[str, str],
+    *,
+    name: str,
+    rank: str,
+    aphia_id: int | None = None,
+    plankton: bool | None = None,
+) -> Lineage:
+    """A living lineage from rank values (`{"order": "Calanoida", …}`). A missing major rank
+    between two known ones is filled with "<parent> incertae sedis" so that the ranks stay a
+    contiguous prefix."""
+    deepest = max((i for i, r in enumerate(RANKS) if values.get(r)), default=-1)
+    filled: list[str] = []
+    for r in RANKS[: deepest + 1]:
+        v = values.get(r, "")
+        if not v:
+            above = next((x for x in reversed(filled) if x), "")
+            v = f"{above.removesuffix(' incertae sedis')} incertae sedis" if above else ""
+        filled.append(v)
+    filled += [""] * (len(RANKS) - len(filled))
+    return Lineage(
+        *filled,
+        name=name,
+        rank=rank,
+        aphia_id=aphia_id,
+        root_class="living",
+        plankton=True if plankton is None else plankton,
+    )

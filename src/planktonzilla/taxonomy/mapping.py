@@ -153,17 +153,24 @@ def resolve_labels(
     """Resolve a source's labels (e.g. a user's own, at ingest): the shipped row when the pair
     is in the mapping; else the shipped resolution of the same raw label in the public
     collections, when they all agree on it (users often keep EcoTaxa / UVP names such as
-    `solitaryblack`); else parser + backbone. One row per distinct label, columns `COLUMNS`."""
+    `solitaryblack`); else parser + backbone + broad name index, the source's labels
+    together (`Resolver.resolve_many`). One row per distinct label, columns `COLUMNS`."""
     shipped = _shipped() if backbone is None else {}
     elsewhere = _agreed_by_label(shipped)
     resolver = Resolver(backbone) if backbone is not None else default_resolver()
-    rows = []
+    rows = {}
+    todo = []
     for label in dict.fromkeys(labels):
         if label is None:
             continue
         row = shipped.get((source, label)) or elsewhere.get(label)
-        rows.append(dict(row, source=source) if row else resolver.resolve(label, source).row())
-    return rows_table(rows)
+        rows[label] = dict(row, source=source) if row else None
+        if row is None:
+            todo.append(label)
+    # together, so that a homonym is decided by the source's other labels
+    for label, res in zip(todo, resolver.resolve_many(todo, source), strict=True):
+        rows[label] = res.row()
+    return rows_table(list(rows.values()))
 
 
 def _agreed_by_label(shipped: dict) -> dict[str, dict]:

@@ -14,6 +14,7 @@ conventions of plankton labels:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ QUALIFIER_WORDS: dict[str, str] = {
     "like": "like",
     "cf": "like",
     "aff": "like",
+    "nr": "like",
     "maybe": "like",
     "possible": "like",
     "probable": "like",
@@ -377,6 +379,66 @@ NOISE = {
     "polar",
     "sac",
 }
+#: words that follow a genus in labels without being its epithet: sex, view, state, stage
+DESCRIPTORS = {
+    "female",
+    "females",
+    "male",
+    "males",
+    "stage",
+    "stages",
+    "form",
+    "forms",
+    "group",
+    "groups",
+    "complex",
+    "dorsal",
+    "ventral",
+    "lateral",
+    "frontal",
+    "damaged",
+    "broken",
+    "crushed",
+    "unsure",
+    "various",
+    "mature",
+    "immature",
+    "gravid",
+    "spent",
+    "alive",
+    "preserved",
+    "elongate",
+    "spherical",
+    "oval",
+    "double",
+    "attached",
+    "free",
+}
+#: endings of Latin and Latinised epithets (finmarchicus, hamata, digitale, ruber, bijuga,
+#: sowerbii, flos-aquae, leidyi, maenas, monodon, gigas, carpio, dispar, chrysops): 99 % of
+#: the index's species epithets
+_EPITHET_ENDINGS = (
+    *("a", "e", "i", "o", "u", "y", "us", "um", "is", "es", "os", "ys", "as", "or", "er"),
+    *("ar", "ir", "x", "ns", "ps", "on", "an", "en"),
+)
+#: endings of English words, never of an epithet (dorsal, damaged, floating, clearly)
+_ENGLISH_ENDINGS = ("al", "ed", "ing", "ly", "ness")
+
+
+def looks_like_epithet(word: str) -> bool:
+    """A lower-case word that may be a species epithet after a genus (`zzyzxica` yes,
+    `female`, `dorsal`, `damaged` no): Latin ending, no English ending, no descriptor."""
+    low = word.lower()
+    last = low.rsplit("-", 1)[-1]
+    return (
+        len(low) >= 4
+        and low.replace("-", "").isalpha()
+        and low not in DESCRIPTORS
+        and last.endswith(_EPITHET_ENDINGS)
+        and not last.endswith(_ENGLISH_ENDINGS)
+    )
+
+
 NOISE_PATTERN = re.compile(r"^(?:\d.*|.*\d.*|type\w*|shape\w*|morphotype\w*|sp\d+)$")
 
 _TEMPORARY = re.compile(r"^t\d{3}$", re.IGNORECASE)
@@ -385,6 +447,15 @@ _GROUP_CODE = re.compile(r"^(?:[A-Z][A-Za-z]?\.)?(?:\d+(?:\.\d+)*\.?)?(?=[A-Za-z
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 _LIKE_SUFFIX = re.compile(r"[-_ ]like(?![a-z])", re.IGNORECASE)
 _SPLIT = re.compile(r"[\s_,;/()\[\]]+")
+#: separators of a lineage path (`Biota>Animalia>…`, `Class,Order,Family,Genus,Species`,
+#: folder paths); EcoTaxa's `<` (child<parent) is read by `parse_label` itself
+_PATH_SEPARATORS = re.compile(r"\s*(?:[>|;/,]|\s-\s)\s*")
+#: placeholders for "not identified at this rank": `Ge._unk` (genus unknown), `Sp._unk`,
+#: `sp.`, `spp.`, `sp2`, `indet.`, `unid.`, `n.i.`
+_PLACEHOLDER = re.compile(
+    r"(?<![A-Za-z])(?:(?:ge|gen|sp|spp|fam)\.?_?unk|spp?\.?\d*|indet|unid|n\.\s?i)\.?(?![A-Za-z])",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +474,23 @@ class ParsedLabel:
     unresolved: str = ""  #: reason the label names nothing definite
     connector: str = ""  #: "or" (alternatives), "host" (X with/on Y) or ""
     category_words: tuple[str, ...] = ()  #: the non-living words found
+    placeholder: str = ""  #: `sp.`, `Ge._unk`, `indet.`…: not identified below the name
+
+
+def split_path(raw: str) -> list[str]:
+    """The segments of a lineage path, top-down (`Copepoda>Calanoida` → two), or `[raw]`
+    when the label is no path. Labels with EcoTaxa's `<` are never paths."""
+    if "<" in raw:
+        return [raw]
+    parts = [p.strip() for p in _PATH_SEPARATORS.split(raw.strip())]
+    parts = [p for p in parts if p]
+    return parts if len(parts) > 1 else [raw]
+
+
+def find_placeholder(text: str) -> str:
+    """The placeholder a label carries (`sp.`, `Ge._unk`, …), or ""."""
+    m = _PLACEHOLDER.search(text)
+    return m.group(0) if m else ""
 
 
 def clean_label(raw: str) -> str:
@@ -447,6 +535,9 @@ def parse_label(raw: str) -> ParsedLabel:
     if _TEMPORARY.match(text):
         return ParsedLabel(raw, text, (), unresolved="temporary category")
     main, _, parent = text.partition("<")
+    placeholder = find_placeholder(main)
+    if placeholder:
+        main = _PLACEHOLDER.sub(" ", main)
     state = _State()
     words = state.scan(split_words(main))
     parent_words = state.scan(split_words(parent), is_parent=True)
@@ -469,6 +560,7 @@ def parse_label(raw: str) -> ParsedLabel:
         unresolved=state.unresolved,
         connector=state.connector,
         category_words=tuple(state.category_words),
+        placeholder=placeholder,
     )
 
 
@@ -509,7 +601,8 @@ class _State:
                 i += len(phrase.split())
                 continue
             if (
-                low.isdigit()
+                low.isascii()
+                and low.isdigit()  # "¹".isdigit() is true, int("¹") fails
                 and int(low) > 1
                 and i + 1 < len(words)
                 and lowered[i + 1]
@@ -594,6 +687,8 @@ def _is_vocabulary(word: str) -> bool:
 def _unglue(word: str) -> list[str] | None:
     """Two vocabulary words written as one (`chainlarge`, `lightsphere`), else None."""
     low = word.lower()
+    if len(low) > 2 * _VOCAB_LONGEST:  # no two vocabulary words make it: stays linear
+        return None
     for cut in range(3, len(low) - 2):
         if _is_vocabulary(low[:cut]) and _is_vocabulary(low[cut:]):
             return [word[:cut], word[cut:]]
@@ -608,8 +703,19 @@ _VOCAB = sorted(
     | set(LIVING_WORDS)
     | {"trochophora"}
 )
+_VOCAB_LONGEST = max(
+    len(w)
+    for words in (QUALIFIER_WORDS, STAGES, CATEGORY_WORDS, UNRESOLVED_WORDS, LIVING_WORDS,
+                  CONNECTORS, NOISE)
+    for w in words
+)  # fmt: skip
+#: vocabulary by first letter (a typo keeps it: see `vocabulary_typo`)
+_VOCAB_BY_START: dict[str, list[str]] = {}
+for _word in _VOCAB:
+    _VOCAB_BY_START.setdefault(_word[0], []).append(_word)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def vocabulary_typo(word: str) -> str | None:
     """The vocabulary word `word` is a typo of (`lavae` → `larvae`, `Doutbs` → `doubts`), or
     None: one edit (insertion, deletion, substitution or swap of neighbours) away, two for
@@ -620,8 +726,10 @@ def vocabulary_typo(word: str) -> str | None:
         return None
     limit = 1 if len(low) <= 8 else 2
     best = None
-    for cand in _VOCAB:
-        if abs(len(cand) - len(low)) > limit or cand[0] != low[0]:
+    letters = set(low)
+    for cand in _VOCAB_BY_START.get(low[0], ()):
+        # one edit changes the length by ≤ 1 and the letters present by ≤ 2
+        if abs(len(cand) - len(low)) > limit or len(letters ^ set(cand)) > 2 * limit:
             continue
         d = _edit_distance(low, cand)
         if d <= limit and (best is None or d < best[0]):
@@ -671,4 +779,5 @@ def reparse(parsed: ParsedLabel, replacements: dict[str, str]) -> ParsedLabel:
         unresolved=new.unresolved,
         connector=new.connector,
         category_words=new.category_words,
+        placeholder=new.placeholder,
     )

@@ -2,8 +2,18 @@
 (optionally) WoRMS; or an explicit `unresolved` with a reason.
 
 Provenance: `manual` (override), `backbone` (a scientific name found in the backbone),
+`index` (a name found only in the broad NCBI name index, grafted under the backbone),
 `rule` (vernacular words, life stages, typo or abbreviation matching, non-living vocabulary,
-common ancestor of alternatives), `worms` (the online client).
+common ancestor of alternatives, ranks kept from a path or a binomial by nomenclature),
+`worms` (the online client).
+
+A label that is a lineage path (`Biota>Animalia>…`, `Class,Order,Family,Genus,Species`) is
+evidence at every level: the deepest segment that resolves is the anchor, the others must
+agree with it (a conflict lowers the confidence and is reported), and deeper segments no index
+knows are kept with a rank from nomenclature (`-idae`, `-aceae`, a binomial…) or position.
+A name with several meanings (a homonym in the index) is decided by the label's other names,
+then by the source's other labels (`resolve_many`), else it is returned `ambiguous` with its
+candidates.
 """
 
 from __future__ import annotations
@@ -14,14 +24,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from planktonzilla.taxonomy.backbone import Backbone, Taxon, norm
-from planktonzilla.taxonomy.lineage import QUALIFIERS, RANK_DEPTH, RANKS, ROOT_CLASSES, Lineage
+from planktonzilla.taxonomy.index import Graft, NameIndex, graft
+from planktonzilla.taxonomy.lineage import (
+    QUALIFIERS,
+    RANK_DEPTH,
+    RANKS,
+    ROOT_CLASSES,
+    Lineage,
+    living_lineage,
+)
 from planktonzilla.taxonomy.parse import (
     STAGES,
     TEMPORARY_REASON,
     WEAK_REASON,
     ParsedLabel,
+    looks_like_epithet,
     parse_label,
     reparse,
+    split_path,
     vocabulary_typo,
 )
 
@@ -52,7 +72,8 @@ COLUMNS: tuple[str, ...] = (
     "status",
     "reason",
 )
-PROVENANCES = ("manual", "backbone", "rule", "worms")
+PROVENANCES = ("manual", "backbone", "index", "rule", "worms")
+STATUSES = ("resolved", "unresolved", "ambiguous")
 #: name used for a living object that is no particular taxon (WoRMS's root)
 LIVING_ROOT = "Biota"
 #: longest word taken as an abbreviation of a taxon name ("narco", "Crust", "Decap")
@@ -68,7 +89,29 @@ _CONFIDENCE = {
     "stage": 0.75,
     "fuzzy": 0.7,
     "prefix": 0.6,
+    "index": 0.8,  #: below every curated exact match
+    "nomenclature": 0.6,  #: a rank kept from the label's own words, in no index
 }
+#: how a match was found, when it is a scientific name (not a vernacular word or a stage)
+_SCIENTIFIC = frozenset({"exact", "epithet", "fuzzy", "index", "nomenclature"})
+#: index names taken at their own rank: order and below (higher NCBI ranks follow another
+#: convention than WoRMS: NCBI's class Hexanauplia holds our class Copepoda)
+_INDEX_TOP = RANK_DEPTH["order"]
+#: name endings → rank (zoological and botanical codes), longest first
+_SUFFIX_RANKS: tuple[tuple[str, str], ...] = (
+    ("phycidae", "subclass"),
+    ("phyceae", "class"),
+    ("mycetes", "class"),
+    ("oideae", "subfamily"),
+    ("aceae", "family"),
+    ("oidea", "superfamily"),
+    ("ineae", "suborder"),
+    ("idae", "family"),
+    ("inae", "subfamily"),
+    ("ales", "order"),
+    ("ida", "order"),
+    ("ini", "tribe"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +123,12 @@ class Resolution:
     lineage: Lineage
     provenance: str
     confidence: float
-    status: str = "resolved"  #: resolved | unresolved
+    status: str = "resolved"  #: resolved | unresolved | ambiguous
     reason: str = ""  #: why unresolved (or a note)
+    #: how each rank was decided (segment, rule, index entry, override), for `--explain`
+    explain: tuple[str, ...] = ()
+    #: the lineages an ambiguous name may have (homonyms), best first
+    candidates: tuple[Lineage, ...] = ()
 
     @property
     def resolved(self) -> bool:
@@ -105,6 +152,8 @@ class _Match:
     how: str
     start: int
     end: int
+    #: homonyms from the index not yet decided (taxon is the first of them)
+    candidates: tuple[Taxon, ...] = ()
 
 
 @dataclass
@@ -113,7 +162,13 @@ class Resolver:
 
     backbone: Backbone
     worms: WormsClient | None = None
+    #: the broad name index (default: `PZ_NAME_INDEX` or the packaged one); None = curated only
+    index: NameIndex | None = field(default_factory=NameIndex.default)
     _cache: dict = field(default_factory=dict)
+    #: stand-in taxon → its graft (index names and names kept by nomenclature); a pure
+    #: function of the index and the backbone, so answers never depend on earlier labels
+    _grafts: dict = field(default_factory=dict)
+    _entry_grafts: dict = field(default_factory=dict)
 
     def resolve(self, raw_label: str, source: str | None = None) -> Resolution:
         key = (source or "", raw_label)
@@ -123,14 +178,64 @@ class Resolver:
             self._cache[key] = hit
         return hit
 
+    def resolve_many(self, labels: Iterable[str], source: str | None = None) -> list[Resolution]:
+        """Resolve a source's labels together: a homonym that its own label leaves
+        `ambiguous` is decided by the source's other labels (the candidate sharing the most
+        ranks with them, when one does)."""
+        out = [self.resolve(label, source) for label in labels]
+        context = [r.lineage.ranks() for r in out if r.resolved and r.lineage.rank]
+        decided = []
+        for r in out:
+            if r.status == "ambiguous" and context:
+                scores = [max(_shared(c.ranks(), o) for o in context) for c in r.candidates]
+                best = max(scores)
+                if best >= 2 and scores.count(best) == 1:
+                    lin = r.candidates[scores.index(best)]
+                    why = f"homonym decided by the source's other labels ({lin.get('class')})"
+                    r = dataclasses.replace(
+                        r,
+                        lineage=lin,
+                        status="resolved",
+                        confidence=_CONFIDENCE["index"] - 0.1,
+                        reason=why,
+                        explain=(*r.explain, why),
+                    )
+            decided.append(r)
+        return decided
+
     # -- the rules ----------------------------------------------------------------------------
 
     def _resolve(self, raw: str, source: str) -> Resolution:
-        bb = self.backbone
-        override = bb.override(source, raw)
+        override = self.backbone.override(source, raw)
         if override is not None:
             return self._from_override(raw, source, override)
-        parsed = self._split_names(parse_label(raw))
+        segments = split_path(raw)
+        if len(segments) > 1 and (path := self._resolve_path(raw, source, segments)):
+            return path
+        parsed, main, parent = self._parse_and_match(raw)
+        homonyms = self._decide(main + parent, parsed.words + parsed.parent_words)
+        taxon, how, note, mixed = self._choose(parsed, main, parent)
+        if taxon is None and parsed.stages:
+            taxon, how = self._stage_taxon(parsed.stages), "stage"
+        online = self.worms is not None and parsed.words
+        if online and (taxon is None or self._grafts.get(taxon) is not None):
+            # WoRMS, when asked, is our convention: it outranks the broad (NCBI) index
+            found = self._from_worms(raw, source, parsed)
+            if found is not None:
+                return found
+        if taxon is not None:
+            undecided = _undecided(taxon, main + parent)
+            if undecided:
+                return self._ambiguous(raw, source, parsed, undecided)
+            qualifier = parsed.qualifier or ("mix" if mixed else "full_body")
+            decided = [f"decided by label words {' '.join(parsed.words + parsed.parent_words)!r}"]
+            return self._taxon_result(
+                raw, source, taxon, how, note, qualifier, parsed, decided + homonyms
+            )
+        return self._no_taxon(raw, source, parsed)
+
+    def _parse_and_match(self, text: str) -> tuple[ParsedLabel, list[_Match], list[_Match]]:
+        parsed = self._split_names(parse_label(text))
         main, fixes = self._match(parsed.words)
         parent, parent_fixes = self._match(parsed.parent_words)
         fixes.update(parent_fixes)
@@ -138,40 +243,325 @@ class Resolver:
             parsed = self._split_names(reparse(parsed, fixes))
             main, _ = self._match(parsed.words)
             parent, _ = self._match(parsed.parent_words)
+        return parsed, main, parent
 
-        taxon, how, note, mixed = self._choose(parsed, main, parent)
-        if taxon is None and parsed.stages:
-            taxon, how = self._stage_taxon(parsed.stages), "stage"
-        if taxon is None and self.worms is not None and parsed.words:
-            found = self._from_worms(raw, source, parsed)
-            if found is not None:
-                return found
-        if taxon is not None:
-            lin = bb.lineage(taxon)
-            qualifier = parsed.qualifier or ("mix" if mixed else "full_body")
-            lin = lin.with_flags(qualifier=qualifier)
+    def _taxon_result(
+        self,
+        raw: str,
+        source: str,
+        taxon: Taxon,
+        how: str,
+        note: str,
+        qualifier: str,
+        parsed: ParsedLabel,
+        decided: list[str],
+    ) -> Resolution:
+        lin = self._lineage(taxon).with_flags(qualifier=qualifier)
+        g = self._grafts.get(taxon)
+        if g is not None:
+            how = "index" if g.entry is not None else "nomenclature"
+            provenance = "index" if g.entry is not None else "rule"
+        else:
             provenance = "backbone" if how == "exact" else "rule"
-            confidence = _CONFIDENCE.get(how, 0.8)
-            if note:
-                confidence = min(confidence, 0.8)
-            return Resolution(source, raw, lin, provenance, confidence, reason=note)
+        confidence = _CONFIDENCE.get(how, 0.8)
+        if note:
+            confidence = min(confidence, 0.8)
+        if parsed.placeholder:
+            stop = f"placeholder {parsed.placeholder!r}: identified to {lin.rank or 'no rank'} only"
+            note = f"{note}; {stop}" if note else stop
+        explain = (*decided, f"rule: {how}", *self._rank_origins(lin, taxon, {}))
+        if note:
+            explain += (f"note: {note}",)
+        return Resolution(source, raw, lin, provenance, confidence, reason=note, explain=explain)
+
+    def _no_taxon(self, raw: str, source: str, parsed: ParsedLabel) -> Resolution:
         if parsed.category:
             lin = Lineage(name=parsed.category, root_class=parsed.category_root, plankton=False)
-            return Resolution(source, raw, lin, "rule", 0.9)
+            why = (f"non-living vocabulary {', '.join(parsed.category_words)!r} (rule)",)
+            return Resolution(source, raw, lin, "rule", 0.9, explain=why)
         unmatched = [w for w in parsed.words if len(w) > 1]
         weak = parsed.unresolved in ("", WEAK_REASON, TEMPORARY_REASON)
         if parsed.living or (parsed.qualifier and not unmatched and weak):
             lin = Lineage(
                 name=LIVING_ROOT, root_class="living", plankton=True, qualifier=parsed.qualifier
             )
-            return Resolution(source, raw, lin, "rule", 0.6)
+            why = ("a living thing, no taxon named (rule)",)
+            return Resolution(source, raw, lin, "rule", 0.6, explain=why)
         if parsed.unresolved and (not unmatched or not weak):
             reason = parsed.unresolved  # "square unknown": the label says it is unidentified
         elif unmatched:
             reason = f"no taxon or category recognised in {' '.join(unmatched)!r}"
+        elif parsed.placeholder:
+            reason = "unidentified object"
         else:
             reason = parsed.unresolved or "no taxon or category recognised"
-        return Resolution(source, raw, Lineage(), "rule", 0.0, "unresolved", reason)
+        return Resolution(
+            source, raw, Lineage(), "rule", 0.0, "unresolved", reason, explain=(reason,)
+        )
+
+    def _ambiguous(
+        self, raw: str, source: str, parsed: ParsedLabel, taxa: tuple[Taxon, ...]
+    ) -> Resolution:
+        candidates = tuple(self._lineage(t).with_flags(qualifier="") for t in taxa)
+        shared = min(_shared(c.ranks(), candidates[0].ranks()) for c in candidates)
+        values = dict(zip(RANKS[:shared], candidates[0].ranks()[:shared], strict=True))
+        if shared:
+            top = RANKS[shared - 1]
+            lin = living_lineage(
+                values, name=values[top], rank=top, plankton=candidates[0].plankton
+            )
+        else:
+            lin = Lineage(name=LIVING_ROOT, root_class="living", plankton=True)
+        lin = lin.with_flags(qualifier=parsed.qualifier or "full_body")
+        listed = "; ".join(" > ".join(v for v in c.ranks() if v) for c in candidates)
+        reason = f"{taxa[0].name} has {len(taxa)} meanings: {listed}"
+        explain = (reason, "nothing in the label decides between them: name a higher rank")
+        return Resolution(
+            source,
+            raw,
+            lin,
+            "index",
+            0.3,
+            "ambiguous",
+            reason,
+            explain=explain,
+            candidates=candidates,
+        )
+
+    # -- lineage paths --------------------------------------------------------------------------
+
+    def _resolve_path(self, raw: str, source: str, segments: list[str]) -> Resolution | None:
+        """Anchor on the deepest segment that resolves; check the others; keep deeper
+        segments no index knows, ranked by nomenclature or by position. None when the
+        segments are alternatives rather than a lineage (`Oithona/Oncaea`, `Acartia, Temora`:
+        every one a taxon of the same rank, none above another)."""
+        segs = [self._parse_and_match(s) for s in segments]
+        homonyms = self._decide([m for _, main, parent in segs for m in main + parent], segments)
+        picks: list[tuple[Taxon | None, str]] = []
+        for parsed, main, parent in segs:
+            taxon, how, _, _ = self._choose(parsed, main, parent)
+            undecided = _undecided(taxon, main + parent) if taxon is not None else ()
+            picks.append((taxon, how) if not undecided else (None, ""))
+        qualifier = next((p.qualifier for p, _, _ in reversed(segs) if p.qualifier), "")
+        found = [k for k, (t, _) in enumerate(picks) if t is not None]
+        taxa = [picks[k][0] for k in found]
+        if (
+            len(found) == len(segments)
+            and ">" not in raw
+            and len({t.rank for t in taxa}) == 1
+            and len({t.name for t in taxa}) == len(taxa)
+        ):
+            return None
+        if not found:
+            undecided = [
+                _undecided(m.taxon, main) for _, main, _ in segs for m in main if m.candidates
+            ]
+            if undecided:
+                parsed = dataclasses.replace(segs[-1][0], qualifier=qualifier)
+                return self._ambiguous(raw, source, parsed, undecided[-1])
+            last = next((p for p, _, _ in reversed(segs) if p.category or p.living), segs[-1][0])
+            return self._no_taxon(raw, source, dataclasses.replace(last, qualifier=qualifier))
+        k = found[-1]
+        anchor, how = picks[k]
+        for j in found[:-1]:  # an upper segment may name something deeper ("Calanus,Copepoda")
+            t = picks[j][0]
+            if t is not None and self._is_ancestor(anchor, t) and t != anchor:
+                k, (anchor, how) = j, picks[j]
+        explain = [f"path of {len(segments)} segments; anchor: segment {k + 1} {segments[k]!r}"]
+        explain += homonyms
+        notes = []
+        for j in found:
+            t = picks[j][0]
+            if j != k and not (self._is_ancestor(t, anchor) or self._is_ancestor(anchor, t)):
+                notes.append(f"conflict: segment {segments[j]!r} ({t.name}) is not on the line")
+        for j, (parsed, _, _) in enumerate(segs):
+            if picks[j][0] is None and parsed.category and not parsed.qualifier:
+                notes.append(f"conflict: segment {segments[j]!r} says {parsed.category_root}")
+        for j, (t, _) in enumerate(picks):
+            if t is None and j < k and segs[j][0].words:
+                explain.append(f"segment {segments[j]!r}: no curated rank (context only)")
+        base = self._lineage(anchor)
+        values = dict(zip(RANKS, base.ranks(), strict=True))
+        name, rank = base.name, base.rank
+        kept: dict[str, str] = {}
+        placeholder = segs[k][0].placeholder
+        for j in range(k + 1, len(segments)):
+            parsed = segs[j][0]
+            placeholder = placeholder or parsed.placeholder
+            if placeholder:
+                break  # "Ge._unk", "sp.": not identified below
+            if not parsed.words or picks[j][0] is not None:
+                # a stage or qualifier (`…>egg`), or a name above the anchor, repeated
+                # (EcoTaxa's `…>Hydrozoa>Cnidaria`)
+                continue
+            got = _rank_of(parsed.words, values, rank)
+            if got is None:
+                explain.append(f"segment {segments[j]!r}: no scientific name below {name}")
+                break
+            name, rank, why = got
+            if rank in RANKS:
+                if rank == "species":
+                    values["genus"] = values["genus"] or name.split(" ", 1)[0]
+                values[rank] = name
+                kept[rank] = f"segment {j + 1} {segments[j]!r} ({why})"
+            explain.append(f"kept segment {segments[j]!r} as {rank} ({why})")
+        if placeholder:
+            notes.append(f"placeholder {placeholder!r}: identified to {rank or 'no rank'} only")
+        provenance = {"exact": "backbone"}.get(how, "rule")
+        g = self._grafts.get(anchor)
+        confidence = _CONFIDENCE.get(how, 0.8)
+        if g is not None:
+            provenance = "index" if g.entry is not None else "rule"
+            confidence = _CONFIDENCE["index" if g.entry is not None else "nomenclature"]
+        lin = base
+        if kept or name != base.name:
+            lin = living_lineage(values, name=name, rank=rank, plankton=base.plankton)
+            provenance, confidence = "rule", _CONFIDENCE["nomenclature"]
+        if any(n.startswith("conflict") for n in notes):
+            confidence = min(confidence, 0.5)
+        lin = lin.with_flags(qualifier=qualifier or "full_body")
+        explain += self._rank_origins(lin, anchor, kept)
+        note = "; ".join(notes)
+        explain += [f"note: {n}" for n in notes]
+        return Resolution(
+            source, raw, lin, provenance, confidence, reason=note, explain=tuple(explain)
+        )
+
+    # -- the broad index, grafts and homonyms ---------------------------------------------------
+
+    def _index_match(self, phrase: str, start: int, end: int) -> _Match | None:
+        """Index entries named `phrase`, grafted (several when a homonym), or None."""
+        if self.index is None or len(phrase) < 4 or not phrase[:1].isalpha():
+            return None
+        grafts: list[Graft] = []
+        for e in self.index.lookup(phrase):
+            if RANK_DEPTH.get(e.rank, 0) < _INDEX_TOP:
+                continue
+            g = self._entry_grafts.get(e.taxid, False)
+            if g is False:
+                g = graft(self.backbone, self.index, e)
+                self._entry_grafts[e.taxid] = g
+                if g is not None:
+                    self._grafts.setdefault(g.taxon, g)
+            if g is not None and all(g.lineage.ranks() != o.lineage.ranks() for o in grafts):
+                grafts.append(g)
+        if not grafts:
+            return None
+        taxa = tuple(g.taxon for g in grafts)
+        return _Match(taxa[0], "index", start, end, taxa if len(taxa) > 1 else ())
+
+    def _nomenclature_species(self, genus: Taxon, epithet: str, start: int) -> _Match | None:
+        """`Genus epithet` with the genus known and the species in no index: the species is
+        kept by nomenclature (a lower-case Latin word after a genus)."""
+        bb = self.backbone
+        if (
+            not epithet.islower()
+            or not looks_like_epithet(epithet)
+            or bb.vernacular_name(epithet) is not None
+            or bb.get(epithet) is not None
+            or vocabulary_typo(epithet) is not None
+        ):
+            return None
+        base = self._lineage(genus)
+        name = f"{base.genus} {epithet}"
+        values = dict(zip(RANKS, base.ranks(), strict=True))
+        values["species"] = name
+        lin = living_lineage(values, name=name, rank="species", plankton=base.plankton)
+        parent = self._grafts.get(genus)
+        anchor = parent.anchor if parent is not None else bb.accepted(genus)
+        taxon = Taxon(name, "species", genus.name)
+        below = parent.below + (parent.entry,) if parent and parent.entry else ()
+        self._grafts.setdefault(taxon, Graft(None, anchor, lin, below, taxon))
+        return _Match(taxon, "nomenclature", start, start + 2)
+
+    def _decide(self, matches: list[_Match], words: Iterable[str]) -> list[str]:
+        """Homonyms decided by the other names of the same label: the candidate sharing the
+        most ranks with the other matches, plus the label's words found in its NCBI lineage
+        (`Ascidiacea/Herdmania`); then the plankton prior (a candidate of a plankton group).
+        Returns what decided each, for `explain`."""
+        said = {norm(w) for w in words}
+        decided = []
+        for m in matches:
+            if not m.candidates:
+                continue
+            others = [self._lineage(o.taxon).ranks() for o in matches if not o.candidates]
+            pool = list(m.candidates)
+            scores = []
+            for c in pool:
+                g = self._grafts[c]
+                lineage = {v.lower() for v in self._names_up(c)} | g.ncbi_names
+                hits = len((said - {norm(c.name)}) & lineage)
+                shared = max((_shared(self._lineage(c).ranks(), o) for o in others), default=0)
+                scores.append(shared + hits)
+            best = max(scores)
+            why = "the label's other names"
+            if best:
+                pool = [c for c, s in zip(pool, scores, strict=True) if s == best]
+            if len(pool) > 1:
+                planktonic = [c for c in pool if self._lineage(c).plankton]
+                pool, why = (
+                    (planktonic, "the plankton prior") if len(planktonic) == 1 else (pool, "")
+                )
+            if len(pool) == 1:
+                n = len(m.candidates)
+                decided.append(f"homonym {pool[0].name!r} ({n} meanings in the index): by {why}")
+                m.taxon, m.candidates = pool[0], ()
+        return decided
+
+    def _lineage(self, taxon: Taxon) -> Lineage:
+        g = self._grafts.get(taxon)
+        return g.lineage if g is not None else self.backbone.lineage(taxon)
+
+    def _names_up(self, taxon: Taxon) -> list[str]:
+        """Names on the line of descent of `taxon`, bottom-up (graft-aware)."""
+        g = self._grafts.get(taxon)
+        if g is None:
+            return [t.name for t in self.backbone.ancestors(taxon)]
+        inside = [g.lineage.name] + [v for v in reversed(g.lineage.ranks()) if v]
+        return inside + [t.name for t in self.backbone.ancestors(g.anchor)]
+
+    def _is_ancestor(self, ancestor: Taxon, taxon: Taxon) -> bool:
+        name = ancestor.name if ancestor in self._grafts else self.backbone.accepted(ancestor).name
+        return name in self._names_up(taxon)
+
+    def _common_ancestor(self, taxa: Iterable[Taxon]) -> Taxon | None:
+        chains = [self._names_up(t) for t in taxa]
+        if not chains:
+            return None
+        shared = set.intersection(*(set(c) for c in chains))
+        for name in chains[0]:
+            listed = self.backbone.get(name) if name in shared else None
+            if listed is not None:
+                return self.backbone.accepted(listed)
+        return None
+
+    def _rank_origins(self, lin: Lineage, taxon: Taxon, kept: dict[str, str]) -> list[str]:
+        """One line per filled rank: what decided it."""
+        g = self._grafts.get(taxon)
+        anchor = g.anchor if g is not None else taxon
+        curated = self.backbone.lineage(anchor).ranks()
+        entries = {e.name: e for e in (g.below + ((g.entry,) if g.entry else ()))} if g else {}
+        lines = []
+        for i, (rank, value) in enumerate(zip(RANKS, lin.ranks(), strict=True)):
+            if not value:
+                continue
+            if rank in kept:
+                origin = kept[rank]
+            elif value == curated[i]:
+                origin = "backbone (curated)"
+                if value.endswith("incertae sedis"):
+                    origin += ", rank missing there"
+            elif value in entries:
+                e = entries[value]
+                origin = f"index: NCBI taxid {e.taxid} ({e.rank}) under {anchor.name}"
+            elif value.endswith("incertae sedis"):
+                origin = "rank missing in the index"
+            elif g is not None and g.entry is None and rank == "species":
+                origin = "nomenclature: genus + epithet, in no index"
+            else:
+                origin = "rule"
+            lines.append(f"  {rank:<8} {value:<32} {origin}")
+        return lines
 
     def _split_names(self, parsed: ParsedLabel) -> ParsedLabel:
         """`Dolichospermum-Anabaenopsis` (unknown as one name, parts capitalized) → two
@@ -196,11 +586,10 @@ class Resolver:
         self, parsed: ParsedLabel, main: list[_Match], parent: list[_Match]
     ) -> tuple[Taxon | None, str, str, bool]:
         """(taxon, how it was found, note, whether the label names several organisms)."""
-        bb = self.backbone
         note = ""
         mixed = parsed.connector == "host"
         # prefer scientific names over vernacular words when they disagree
-        picked = _consistent(bb, main)
+        picked = _consistent(self._is_ancestor, main)
         taxon, how = (picked.taxon, picked.how) if picked else (None, "")
         if picked is not None and len(main) > 1 and parsed.connector == "or":
             # "Crust.+Decap": the union of alternatives on one line is the shallowest
@@ -214,24 +603,24 @@ class Resolver:
             alternatives = [m for m in main if m.how not in ("prefix",)] or main
             ranks = {m.taxon.rank for m in alternatives}
             if parsed.connector == "or" or parsed.qualifier == "mix" or len(ranks) == 1:
-                ancestor = bb.common_ancestor(m.taxon for m in alternatives)
+                ancestor = self._common_ancestor(m.taxon for m in alternatives)
                 if ancestor is not None:
                     taxon, how = ancestor, "exact"
                     note = "common ancestor of " + ", ".join(m.taxon.name for m in alternatives)
                     mixed = True
             if taxon is None:  # host first: "Rhizosolenia inter. Richelia", "X with Y"
                 taxon, how = alternatives[0].taxon, alternatives[0].how
-        top_parent = _consistent(bb, parent)
+        top_parent = _consistent(self._is_ancestor, parent)
         if top_parent is not None:
             if taxon is None:
                 taxon, how = top_parent.taxon, top_parent.how
-            elif not bb.is_ancestor(top_parent.taxon, taxon):
+            elif not self._is_ancestor(top_parent.taxon, taxon):
                 # `X<Y` with X not under Y: X is a morphological category named like a taxon
                 note = f"{taxon.name} is not under {top_parent.taxon.name}"
                 taxon, how = top_parent.taxon, top_parent.how
         if taxon is not None and parsed.stages:
             implied = self._stage_taxon(parsed.stages)
-            if implied is not None and bb.is_ancestor(taxon, implied):
+            if implied is not None and self._is_ancestor(taxon, implied):
                 taxon = implied  # "echinoderm_larva_seastar_bipinnaria" → Asteroidea
         return taxon, how, note, mixed
 
@@ -269,6 +658,8 @@ class Resolver:
                 if hit:
                     break
             if hit is None and i + 1 < len(words):
+                hit = self._index_match(f"{words[i]} {words[i + 1]}", i, i + 2)
+            if hit is None and i + 1 < len(words):
                 hit = self._abbreviated_species(words[i], words[i + 1], i)
             if hit is None:
                 hit = self._word(words[i], i)
@@ -279,6 +670,13 @@ class Resolver:
                     species = self._species_typo(hit.taxon, words[hit.end])
                 if species is not None:
                     hit = _Match(species, "epithet", i, hit.end + 1)
+                elif hit.taxon.rank == "genus" and not hit.candidates:
+                    genus = self._lineage(hit.taxon).genus
+                    hit = (
+                        self._index_match(f"{genus} {words[hit.end]}", i, hit.end + 1)
+                        or self._nomenclature_species(hit.taxon, words[hit.end], i)
+                        or hit
+                    )
             if hit is None:
                 after_name = (
                     bool(out)
@@ -311,7 +709,7 @@ class Resolver:
                 if j in matched or w in fixes:
                     continue
                 t = bb.prefix(w) if len(w) <= _MAX_ABBREVIATION else None
-                if t is not None and any(bb.is_ancestor(m.taxon, t) for m in out):
+                if t is not None and any(self._is_ancestor(m.taxon, t) for m in out):
                     out.append(_Match(t, "prefix", j, j + 1))
         else:
             for j, w in enumerate(words):
@@ -345,6 +743,9 @@ class Resolver:
                 m = self._word(p, i)
                 if m is not None:
                     return m
+        found = self._index_match(word, i, i + 1)
+        if found is not None:
+            return found
         t = bb.fuzzy(word)
         if t is not None:
             return _Match(t, "fuzzy", i, i + 1)
@@ -414,7 +815,8 @@ class Resolver:
                 root_class=o.root_class or "living",
                 plankton=lin.plankton if o.plankton is None else o.plankton,
             )
-            return Resolution(source, raw, lin, "manual", 1.0, reason=note)
+            why = (f"expert override (overrides.csv) {o.source or '*'}/{raw} → {o.name}",)
+            return Resolution(source, raw, lin, "manual", 1.0, reason=note, explain=why)
         if o.root_class:
             living = o.root_class == "living"
             category = parse_label(raw).category
@@ -425,7 +827,8 @@ class Resolver:
                 plankton=o.plankton if o.plankton is not None else (None if living else False),
                 qualifier=o.qualifier if living else "",
             )
-            return Resolution(source, raw, lin, "manual", 1.0, reason=note)
+            why = (f"expert override (overrides.csv) {o.source or '*'}/{raw} → {name}",)
+            return Resolution(source, raw, lin, "manual", 1.0, reason=note, explain=why)
         reason = note.removeprefix("unresolved:").strip() or "expert: unresolved"
         return Resolution(source, raw, Lineage(), "manual", 1.0, "unresolved", reason)
 
@@ -445,24 +848,79 @@ class Resolver:
         return None
 
 
-def _consistent(bb: Backbone, matches: list[_Match]) -> _Match | None:
+def _consistent(is_ancestor, matches: list[_Match]) -> _Match | None:
     """The deepest match when all matches lie on one line of descent, else None. Vernacular,
     stage and abbreviation matches that disagree with scientific names are dropped first."""
     if not matches:
         return None
-    scientific = [m for m in matches if m.how in ("exact", "epithet", "fuzzy")]
+    scientific = [m for m in matches if m.how in _SCIENTIFIC]
     pool = matches
     if scientific and len(scientific) < len(matches):
-        chain_ok = _one_line(bb, matches)
+        chain_ok = _one_line(is_ancestor, matches)
         pool = matches if chain_ok else scientific
-    if not _one_line(bb, pool):
+    if not _one_line(is_ancestor, pool):
         return None
     return max(pool, key=lambda m: (RANK_DEPTH[m.taxon.rank], -m.start))
 
 
-def _one_line(bb: Backbone, matches: list[_Match]) -> bool:
+def _one_line(is_ancestor, matches: list[_Match]) -> bool:
     deepest = max(matches, key=lambda m: RANK_DEPTH[m.taxon.rank]).taxon
-    return all(bb.is_ancestor(m.taxon, deepest) for m in matches)
+    return all(is_ancestor(m.taxon, deepest) for m in matches)
+
+
+def _undecided(taxon: Taxon, matches: list[_Match]) -> tuple[Taxon, ...]:
+    """The homonyms still open for the chosen taxon (() when it is decided)."""
+    return next((m.candidates for m in matches if m.taxon == taxon and m.candidates), ())
+
+
+def _shared(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """How many top ranks two lineages share."""
+    n = 0
+    for x, y in zip(a, b, strict=True):
+        if not x or x != y:
+            break
+        n += 1
+    return n
+
+
+def _rank_of(
+    words: tuple[str, ...], values: dict[str, str], above: str
+) -> tuple[str, str, str] | None:
+    """(name, rank, why) of a path segment no index knows, below rank `above`: a binomial
+    is a species; a name ending is a rank by the zoological and botanical codes (`-idae`
+    family, `-aceae` family, `-ales` order, `-phyceae` class…); else the next rank down
+    (position); a lone lower-case word after a genus is its epithet. None when the segment
+    cannot sit below `above`."""
+    depth = RANK_DEPTH.get(above, -1)
+    if len(words) == 2 and words[1].islower() and looks_like_epithet(words[1]):
+        genus = words[0][:1].upper() + words[0][1:].lower()
+        if values.get("genus") and values["genus"] != genus:
+            return None  # the binomial's genus is not the path's genus
+        return f"{genus} {words[1]}", "species", "binomial: genus + epithet"
+    if len(words) != 1 or not words[0][:1].isalpha():
+        return None
+    word = words[0]
+    if (
+        looks_like_epithet(word)
+        and word.islower()
+        and values.get("genus")
+        and depth == RANK_DEPTH["genus"]
+    ):
+        return f"{values['genus']} {word}", "species", "epithet after the genus"
+    name = word[:1].upper() + word[1:]
+    low = name.lower()
+    rank = next((r for suffix, r in _SUFFIX_RANKS if low.endswith(suffix)), "")
+    why = f"name ending -{next(s for s, r in _SUFFIX_RANKS if low.endswith(s))}" if rank else ""
+    if not rank and not word[:1].isupper():
+        return None  # a lower-case word is a morphological category (`solitaryblack`)
+    if not rank:
+        below = [r for r in RANKS if RANK_DEPTH[r] > depth and r != "species"]
+        if not below:
+            return None
+        rank, why = below[0], "position: the next rank down"
+    if RANK_DEPTH[rank] <= depth:
+        return None
+    return name, rank, why
 
 
 def _singulars(word: str) -> list[str]:
@@ -548,11 +1006,11 @@ def validate_row(row: dict) -> list[str]:
     """What is wrong with one mapping row ([] when fine)."""
     errors = []
     lin = Lineage.from_dict(row)
-    if row.get("status") not in ("resolved", "unresolved"):
+    if row.get("status") not in STATUSES:
         errors.append(f"status {row.get('status')!r}")
+    if row.get("status") in ("unresolved", "ambiguous") and not row.get("reason"):
+        errors.append(f"{row.get('status')} without a reason")
     if row.get("status") == "unresolved":
-        if not row.get("reason"):
-            errors.append("unresolved without a reason")
         return errors
     if lin.root_class not in ROOT_CLASSES:
         errors.append(f"root_class {lin.root_class!r}")

@@ -181,7 +181,8 @@ class WormsClient:
                 elif response.status_code in RETRY_STATUS:
                     last_error = f"HTTP {response.status_code}"
                     retry_after = response.headers.get("Retry-After", "")
-                    if response.status_code == 429 and retry_after.isdigit():
+                    ascii_digits = retry_after.isascii() and retry_after.isdigit()
+                    if response.status_code == 429 and ascii_digits:
                         wait = min(float(retry_after), self.max_wait)
                 else:
                     raise WormsError(f"{url}: HTTP {response.status_code}")

@@ -1,4 +1,4 @@
-"""Training: data loading, models, loop.
+"""Training: the loop and its losses (data loading lives in `planktonzilla.data`).
 
 >>> from planktonzilla.train import TrainConfig, train
 >>> train(TrainConfig(kind="supervised", store="store", split="stratified", out="model"))
@@ -11,8 +11,6 @@ _EXPORTS = {
     "LOSSES": "planktonzilla.train.losses",
     "make_loss": "planktonzilla.train.losses",
     "contrastive_loss": "planktonzilla.train.losses",
-    "make_loader": "planktonzilla.data.loader",
-    "normalize": "planktonzilla.data.loader",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -100,6 +100,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.fill not in ("auto", "border") and not (
+            isinstance(self.fill, int) and 0 <= self.fill <= 255
+        ):
+            raise ValueError(f"fill must be auto, border or a level 0-255, got {self.fill!r}")
         for name in ("epochs", "batch_size", "accum", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -479,7 +483,7 @@ def resolve_fill(fill: str | int, store, train_table) -> str | int:
     """The contract's fill: "auto" becomes one level, the median border level of up to
     `FILL_SAMPLE` training images (the same on every rank: chosen by object id)."""
     if fill != "auto":
-        return int(fill) if str(fill).isdigit() else fill
+        return fill
     from planktonzilla.data.preprocess import estimate_fill
 
     ids = sorted(train_table["object_id"].to_pylist())[:FILL_SAMPLE]

@@ -354,8 +354,40 @@ async function loadStore() {
   }
 }
 
+// Abundance per sample (/api/abundance): shown once some sample of the store has a volume.
+const precise = (x) => (x === null ? "" : Number(x).toPrecision(3));
+
+async function loadAbundance() {
+  let response;
+  try {
+    response = await fetch("/api/abundance?rank=genus&unit=L");
+  } catch (err) {
+    return;
+  }
+  if (!response.ok) return;
+  const data = await response.json();
+  if (!data.rows.some((r) => r.concentration !== null)) return;
+  $("abundance").hidden = false;
+  $("abundance-plot").src = data.plot;
+  document.querySelector("#abundance-table tbody").replaceChildren(
+    ...data.rows.map((r) =>
+      el(
+        "tr",
+        {},
+        el("td", { text: r.sample_id }),
+        el("td", { text: r.subsample_id || "" }),
+        el("td", { text: r.taxon }),
+        el("td", { text: r.rank }),
+        el("td", { class: "num", text: precise(r.count) }),
+        el("td", { class: "num", text: precise(r.concentration) }),
+        el("td", { class: "num", text: r.lower === null ? "" : `${precise(r.lower)}–${precise(r.upper)}` }),
+      ),
+    ),
+  );
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupUploads();
   loadModel();
-  loadStore();
+  loadStore().then(loadAbundance);
 });

@@ -391,6 +391,6 @@ def test_cli_end_to_end(shared_data, tmp_path, model_dir):
         [*args[:-1], str(tmp_path / "x.txt")],
     ):
         failed = runner.invoke(app, bad)
-        assert failed.exit_code == 1, (bad, failed.output)
+        assert failed.exit_code == 2, (bad, failed.output)  # user errors
         assert "Traceback" not in failed.output
         assert isinstance(failed.exception, SystemExit)

@@ -230,5 +230,9 @@ def test_resolver_falls_back_to_worms(worms_url, tmp_path):
     with client(worms_url, tmp_path) as c:
         res = Resolver(bb_no_calanus, c).resolve("Calanus_finmarchicus", "user")
         assert res.provenance == "worms" and res.lineage.species == "Calanus finmarchicus"
+        curated_only = Resolver(bb_no_calanus, index=None).resolve("Calanus_finmarchicus", "user")
+        assert curated_only.lineage.name != "Calanus finmarchicus"
+        # offline, the broad name index finds it, below the curated confidence
         offline = Resolver(bb_no_calanus).resolve("Calanus_finmarchicus", "user")
-        assert offline.lineage.name != "Calanus finmarchicus"
+        assert (offline.provenance, offline.lineage.species) == ("index", "Calanus finmarchicus")
+        assert offline.confidence < 0.95

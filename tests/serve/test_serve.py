@@ -13,10 +13,8 @@ import re
 import shutil
 import socket
 import stat
-import threading
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,41 +23,13 @@ from PIL import Image
 
 from planktonzilla.images import probe
 from planktonzilla.records import Record
+from pz_testing import CLASSES, running
 
-LINEAGES = [
-    {"kingdom": "Animalia", "phylum": "Arthropoda", "class": "Copepoda", "order": "Calanoida",
-     "name": "Calanoida", "rank": "order", "root_class": "living"},
-    {"kingdom": "Animalia", "phylum": "Arthropoda", "class": "Copepoda", "name": "Copepoda",
-     "rank": "class", "root_class": "living"},
-    {"kingdom": "Animalia", "phylum": "Chaetognatha", "name": "Chaetognatha", "rank": "phylum",
-     "root_class": "living"},
-    {"kingdom": "Chromista", "phylum": "Myzozoa", "class": "Dinophyceae", "order": "Noctilucales",
-     "name": "Noctilucales", "rank": "order", "root_class": "living"},
-    {"name": "detritus", "rank": None, "root_class": "detritus"},
-]  # fmt: skip
-CLASSES = [lin["name"] for lin in LINEAGES]
 ISIIS_CLASSES = ("copepod_calanoid", "chaetognath_other", "detritus_other")
 VLIZ_CLASSES = ("Noctilucales", "Tripos")
 # Straits of Florida, where ISIIS sampled; the VLIZ images stay without a position
 POINTS = [(25.5, -79.9), (25.8, -80.1), (26.2, -79.6)]
 MAX_REQUEST = 2 * 1024 * 1024
-
-
-def build_tiny_model(directory: Path) -> Path:
-    """A random-weight supervised model (vit_tiny, 32 px) over `CLASSES`."""
-    import torch
-
-    from planktonzilla.models import build_model, save_model
-
-    torch.manual_seed(0)
-    config = {
-        "kind": "supervised",
-        "backbone": "vit_tiny",
-        "image_size": 32,
-        "classes": CLASSES,
-        "class_lineages": LINEAGES,
-    }
-    return save_model(build_model(config), directory)
 
 
 def _sample_tree(shared: Path, dest: Path, collection: str, classes, n: int) -> Path:
@@ -77,32 +47,9 @@ def _located(records):
         yield record
 
 
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn in a thread on a free loopback port; yield the base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model"))
+def model_dir(tiny_models) -> Path:
+    return tiny_models["supervised"]
 
 
 @pytest.fixture(scope="session")

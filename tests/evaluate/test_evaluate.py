@@ -207,7 +207,7 @@ def test_cli_compare_writes_one_report(store, models, tmp_path):
     bad = CliRunner().invoke(
         app, ["evaluate", str(models["clip"]), "--store", str(store.path), "--split", "nope"]
     )
-    assert bad.exit_code == 1 and "no split 'nope'" in bad.output
+    assert bad.exit_code == 2 and "no split 'nope'" in bad.output
 
 
 def test_zero_shot_of_an_open_clip_spec_matches_open_clip(store, models, tmp_path):

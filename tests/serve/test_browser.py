@@ -19,7 +19,9 @@ import pytest
 
 from planktonzilla.images import probe
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 LINEAGES = [
     {"kingdom": "Animalia", "phylum": "Arthropoda", "class": "Copepoda", "name": "Copepoda",

@@ -21,7 +21,8 @@ from planktonzilla.store import ObjectStore
 from planktonzilla.synthetic import synthetic_records
 from planktonzilla.train.loop import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here trains a model
+
 TINY = {
     "image_size": 32,
     "batch_size": 16,

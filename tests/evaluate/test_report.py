@@ -366,7 +366,7 @@ def test_cli_report(tmp_path):
     out = tmp_path / "cli"
 
     refused = runner.invoke(app, ["report", str(a), str(b), "--out", str(out)])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert isinstance(refused.exception, SystemExit)  # a message, not a traceback
     assert "store manifest hash differs" in refused.output
     assert "--force" in refused.output
@@ -399,7 +399,7 @@ def test_unreadable_results_are_clear_errors(tmp_path, content, expected):
     assert str(path) in str(error.value)
 
     result = CliRunner().invoke(app, ["report", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert isinstance(result.exception, SystemExit)
     assert expected in result.output
 

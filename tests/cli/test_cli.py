@@ -152,6 +152,7 @@ def test_synthetic_sample_is_deterministic_and_varied():
     assert looks["ISIIS"].startswith(b"\xff\xd8") and looks["IFCB"].startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_demo_builds_a_store(tmp_path):
     result = pz("demo", "--out", tmp_path, "--per-class", "3")
     assert result.exit_code == 0, result.output
