@@ -48,6 +48,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette._utils import parse_host_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -144,7 +145,7 @@ def create_app(
     )
     _document_errors(app)
     app.add_middleware(_SecurityHeaders)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(_HostAllowList, allowed_hosts=allowed_hosts)
     app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes, chunk_timeout=body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -531,6 +532,23 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _HostAllowList(TrustedHostMiddleware):
+    """Starlette's Host check, answering a foreign host with the app's JSON error shape."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self.allow_any:
+            return await self.app(scope, receive, send)
+        parsed = parse_host_header(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+        if parsed is None or parsed.host.lower() not in self.allowed_hosts:
+            refused = UploadError(
+                "bad_host",
+                "this server answers only to " + ", ".join(self.allowed_hosts),
+                status=400,
+            )
+            return await _error_response(refused)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class _SecurityHeaders:
