@@ -25,6 +25,10 @@ SPLIT_NAMES = {
 #: File suffixes read as images (first frame of GIF / TIFF).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
 
+#: Longest raw label an ingest accepts: a longer one is rejected as `bad_label` (real labels,
+#: EcoTaxa hierarchies included, stay under 300 characters). `ingest(max_label_chars=…)`.
+MAX_LABEL_CHARS = 1_000
+
 #: Environment variable of the download / extraction cache of the public collections.
 CACHE_ENV = "PZ_CACHE"
 

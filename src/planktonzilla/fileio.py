@@ -9,7 +9,9 @@ the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import os
 import re
 import stat
@@ -22,10 +24,18 @@ from typing import IO
 from planktonzilla.exceptions import UnsafeArchiveError
 
 __all__ = [
+    "MAX_RATIO",
+    "RATIO_FLOOR",
+    "atomic_path",
     "atomic_write",
     "atomic_writer",
     "commit_file",
+    "gunzip_at_most",
     "member_problem",
+    "read_at_most",
+    "read_member",
+    "read_regular_file",
+    "RefusedInput",
     "safe_member_path",
     "sha256_bytes",
     "sha256_file",
@@ -35,6 +45,12 @@ __all__ = [
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+#: Largest expansion (declared size / compressed size) of an archive member or gzip stream
+#: that is read. Images barely compress and tables about 10:1; bombs reach 1,000:1 and more.
+#: Members under `RATIO_FLOOR` are exempt (tiny files of zeros compress that well honestly).
+MAX_RATIO = 200
+RATIO_FLOOR = 1 << 20
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -99,6 +115,83 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         commit_file(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ bounded reads
+class RefusedInput(OSError):
+    """An input refused before (or while) reading it: `reason` is the rejection code
+    (`too_large`, `too_compressed`, `not_regular`), `message` says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def read_at_most(fh: IO[bytes], limit: int, what: str) -> bytes:
+    """Everything `fh` holds, or `RefusedInput('too_large')` once it passes `limit` bytes
+    (the read stops there: a stream that lies about its size costs `limit` bytes, no more)."""
+    chunks, total = [], 0
+    while chunk := fh.read(min(_CHUNK, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise RefusedInput("too_large", f"{what} holds more than the {limit:,}-byte limit")
+    return b"".join(chunks)
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of the regular file `path` (links followed) when it holds at most `limit`;
+    `RefusedInput` for anything else: a FIFO, device or socket is refused without reading
+    (a FIFO would block, `/dev/zero` never ends), a file over `limit` by its size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO never waits
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RefusedInput("not_regular", f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise RefusedInput(
+                "too_large", f"{path}: {st.st_size:,} bytes is over the {limit:,}-byte limit"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(st.st_size)  # one allocation: the size is known
+            more = read_at_most(fh, limit - len(data), str(path))  # b"" unless it grew
+            return data + more if more else data
+    finally:
+        os.close(fd)
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo | str, limit: int) -> bytes:
+    """A zip member's bytes, checked before reading by its declared size and compression
+    ratio (`MAX_RATIO`) and read with `limit` as a cap (declared sizes can lie)."""
+    if isinstance(info, str):
+        info = zf.getinfo(info)
+    name = info.filename
+    if info.file_size > limit:
+        raise RefusedInput(
+            "too_large", f"member {name!r} declares {info.file_size:,} bytes, over {limit:,}"
+        )
+    if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise RefusedInput(
+            "too_compressed",
+            f"member {name!r} expands {info.file_size / max(info.compress_size, 1):,.0f}:1, "
+            f"over the {MAX_RATIO}:1 limit (a zip bomb?)",
+        )
+    with zf.open(info) as fh:
+        return read_at_most(fh, limit, f"member {name!r}")
+
+
+def gunzip_at_most(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress gzip `data`, refusing output over `limit` or expanding past `MAX_RATIO`."""
+    cap = min(limit, max(RATIO_FLOOR, len(data) * MAX_RATIO))
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+        try:
+            return read_at_most(fh, cap, f"{what} (decompressed)")
+        except RefusedInput as exc:
+            if cap < limit:
+                exc.reason = "too_compressed"
+                exc.message += f" (over the {MAX_RATIO}:1 expansion limit: a gzip bomb?)"
+            raise
 
 
 # ------------------------------------------------------------------------ hashes

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from planktonzilla.constants import IMAGE_SUFFIXES
 from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import RefusedInput
 
 #: Formats the store accepts (as Pillow names them). GIF and multi-page TIFF: first frame.
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "TIFF", "BMP", "GIF"})
@@ -100,8 +102,14 @@ def examine(image, origin: str, max_bytes: int, max_pixels: int):
     `image` is a Record's `image` field. Returns (bytes, ImageInfo, sha256 hex) or, for a
     bad input, (None, reason, message)."""
     try:
-        data = image if isinstance(image, bytes | bytearray) else image()
-    except OSError as exc:
+        if isinstance(image, bytes | bytearray):
+            data = image
+        else:  # loaders that can stop at the limit (files, zip members) never read past it
+            read_at_most = getattr(image, "read_at_most", None)
+            data = read_at_most(max_bytes) if read_at_most else image()
+    except RefusedInput as exc:
+        return None, exc.reason, exc.message
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
         return None, "unreadable", f"cannot read: {exc}"
     try:
         info = probe(data, name=origin, max_bytes=max_bytes, max_pixels=max_pixels)

@@ -7,11 +7,14 @@ read = stored + rejected holds for every ingest.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from planktonzilla.fileio import read_regular_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +25,11 @@ class FileBytes:
     path: str | Path
 
     def __call__(self) -> bytes:
-        with open(self.path, "rb") as fh:
-            return fh.read()
+        return self.read_at_most(sys.maxsize)
+
+    def read_at_most(self, limit: int) -> bytes:
+        """The bytes, or `RefusedInput` for a file over `limit` or not a regular file."""
+        return read_regular_file(self.path, limit)
 
 
 @dataclass(slots=True)

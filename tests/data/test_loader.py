@@ -301,3 +301,37 @@ def test_unknown_object_id(store):
     bad = pa.table({"object_id": ["0" * 64], "label_index": [0]})
     with pytest.raises(ValueError, match="not in the store"):
         ImageTable(store, bad, image_size=S)
+
+
+def test_a_corrupt_image_is_skipped_and_named(tmp_path):
+    """Bit rot in one stored image: training goes on without it, and the warning names it."""
+    import pyarrow.parquet as pq
+
+    from planktonzilla.records import Record
+
+    rng = np.random.default_rng(1)
+    s = ObjectStore(tmp_path / "store")
+    s.ingest(
+        [
+            Record(f"{i}.png", _png(rng.integers(0, 255, (20, 20), dtype=np.uint8)))
+            for i in range(8)
+        ],
+        source="rot",
+    )
+    (shard,) = s.shard_files()
+    t = pq.read_table(shard)
+    images = t.column("image").to_pylist()
+    images[3] = images[3][: len(images[3]) // 2]  # the second half lost
+    bad_id = t.column("object_id")[3].as_py()
+    pq.write_table(
+        t.set_column(t.schema.get_field_index("image"), "image", pa.array(images, pa.binary())),
+        shard,
+    )
+    ids = s.query("SELECT object_id FROM objects ORDER BY object_id")["object_id"]
+    view = pa.table({"object_id": ids, "label_index": pa.array([0] * len(ids))})
+    loader = make_loader(
+        s, ImageTable(s, view, image_size=S), batch_size=8, image_size=S, train=False
+    )
+    with pytest.warns(UserWarning, match=bad_id):
+        ((images_, labels),) = list(loader)
+    assert images_.shape[0] == labels.shape[0] == 7

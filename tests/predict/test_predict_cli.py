@@ -313,6 +313,20 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, classifier, name):
     assert (again.read, again.skipped) == (0, 120)
 
 
+@pytest.mark.parametrize("name", ["out.csv", "out.tsv", "out.parquet"])
+def test_resume_matches_names_with_line_breaks(tmp_path, classifier, name):
+    """A name holding a newline or tab is written on one line (as spaces): the resumed run
+    must still recognise it, not predict it again."""
+    records = [
+        Record(f"roi/{i}\nline\ttab" if i % 2 else f"roi/{i}", png(i), instrument="synthetic")
+        for i in range(6)
+    ]
+    out = tmp_path / name
+    first = predict_to_file(classifier, records, out)
+    again = predict_to_file(classifier, records, out)
+    assert first.read == 6 and (again.read, again.skipped) == (0, 6)
+
+
 def test_torn_last_line_is_written_again(tmp_path, classifier):
     out = tmp_path / "out.csv"
     predict_to_file(classifier, stream(20), out, limit=12)

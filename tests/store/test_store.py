@@ -362,3 +362,41 @@ def test_lineage_is_joined_at_read_time(tmp_path, shared_data):
         "select distinct taxon, qualifier from objects where source = 'planktonset1.0'"
     ).to_pylist()
     assert row == {"taxon": "Decapoda", "qualifier": "larvae"}
+
+
+def test_retry_rejected_reads_repaired_inputs_again(tmp_path):
+    """An input repaired in place is read again with retry_rejected; its old rejection gives
+    way to the new outcome (read = stored + rejected, no origin twice), and a run killed
+    half-way through a retry is completed by the next plain run."""
+    from planktonzilla.store.verify import verify_store
+
+    folder = tmp_path / "images" / "cop"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        buf = io.BytesIO()
+        Image.new("L", (10 + i, 10), i * 30).save(buf, format="PNG")
+        (folder / f"{i}.png").write_bytes(buf.getvalue() if i % 2 else b"broken")
+    store = ObjectStore(tmp_path / "store")
+    first = store.ingest(read_folder(folder.parent), source="s")
+    assert (first.stored, first.rejected) == (3, 3)
+    for i in (0, 2, 4):  # repaired in place
+        buf = io.BytesIO()
+        Image.new("L", (10 + i, 10), i * 30).save(buf, format="PNG")
+        (folder / f"{i}.png").write_bytes(buf.getvalue())
+    assert store.ingest(read_folder(folder.parent), source="s").read == 0  # plain rerun
+
+    def killed_after(n):
+        for k, item in enumerate(read_folder(folder.parent)):
+            if k == n:
+                raise RuntimeError("killed")
+            yield item
+
+    with pytest.raises(RuntimeError):  # dies after re-reading one repaired input
+        store.ingest(killed_after(2), source="s", retry_rejected=True, shard_rows=1)
+    done = store.ingest(read_folder(folder.parent), source="s")  # plain: completes the retry
+    assert done.retried == 2 and done.stored == 2
+    origins = store.query("SELECT origin FROM objects UNION ALL SELECT origin FROM rejected")
+    assert sorted(origins["origin"].to_pylist()) == sorted(f"cop/{i}.png" for i in range(6))
+    stats = store.stats()
+    assert (stats["stored"], stats["rejected"]) == (6, 0)
+    assert verify_store(store.path, deep=True).ok

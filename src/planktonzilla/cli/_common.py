@@ -3,10 +3,12 @@ error ends a command, and the one way every `pz ingest …` command runs a reade
 
 Exit codes: 0 success; 1 the command ran and found a problem (a failed check, an ingest whose
 counts do not balance); 2 a user error (bad arguments, a missing or damaged store or model, a
-locked store…) — any `PlanktonzillaError`, printed on one line (`--debug` keeps the trace)."""
+locked store…) — any `PlanktonzillaError`, or a full / read-only disk, printed on one line
+(`--debug` keeps the trace)."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +42,21 @@ class PzGroup(TyperGroup):
                 raise
             console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(EXIT_USER_ERROR) from None  # typer vendors click: its own Exit
+        except OSError as exc:
+            if PzGroup.debug or exc.errno not in _DISK_ERRNOS:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            console.print(
+                f"[red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}: free space "
+                "(or fix the disk) and rerun; a store is left consistent and the rerun resumes",
+                soft_wrap=True,
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+#: Disk conditions a user fixes (full disk, quota, read-only mount): one line, not a trace.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def fail(message: str) -> typer.Exit:
@@ -58,6 +75,10 @@ SOURCE_OPTION = typer.Option(..., "--source", help="Source name the images are f
 WORKERS_OPTION = typer.Option(1, "--workers", "-j", min=1, help="Processes that decode and hash.")
 
 
+#: Options of `pz ingest` itself, shared by its sub-commands (set by its callback).
+INGEST_FLAGS = {"retry_rejected": False}
+
+
 def run_ingest(
     records: Iterable[Record | Rejection],
     *,
@@ -71,7 +92,12 @@ def run_ingest(
     from planktonzilla.store import ObjectStore
 
     report = ObjectStore(store).ingest(
-        records, source=source, workers=workers, progress=True, **defaults
+        records,
+        source=source,
+        workers=workers,
+        progress=True,
+        retry_rejected=INGEST_FLAGS["retry_rejected"],
+        **defaults,
     )
     print_ingest_report(report)
     if not report.ok:

@@ -9,7 +9,13 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from planktonzilla.cli._common import SOURCE_OPTION, STORE_OPTION, WORKERS_OPTION, run_ingest
+from planktonzilla.cli._common import (
+    INGEST_FLAGS,
+    SOURCE_OPTION,
+    STORE_OPTION,
+    WORKERS_OPTION,
+    run_ingest,
+)
 
 
 class _IngestGroup(TyperGroup):
@@ -27,6 +33,19 @@ ingest_app = typer.Typer(
     no_args_is_help=True,
     cls=_IngestGroup,
 )
+
+
+@ingest_app.callback()
+def _ingest_options(
+    retry_rejected: bool = typer.Option(
+        False,
+        "--retry-rejected",
+        help="Read again the inputs the source rejected before (e.g. repaired in place): each "
+        "old rejection is replaced by the new outcome. `pz ingest --retry-rejected PATH…`.",
+    ),
+) -> None:
+    INGEST_FLAGS["retry_rejected"] = retry_rejected
+
 
 INSTRUMENT_OPTION = typer.Option(
     None, "--instrument", help="Instrument name stamped on each image."

@@ -36,13 +36,25 @@ def serve(
     import uvicorn
 
     from planktonzilla.serve import Limits, create_app
+    from planktonzilla.serve.app import LOOPBACK_HOSTS
 
     if store is not None and not store.is_dir():
         console.print(f"[red]no store at {store}[/red]")
         raise typer.Exit(2)
     limits = Limits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files)
     try:
-        web_app = create_app(model, store=store, limits=limits, device=device)
+        # a loopback server answers to loopback names only (DNS rebinding); one bound to all
+        # interfaces to any name; one bound to an address to it and to loopback names
+        allowed = (
+            LOOPBACK_HOSTS
+            if host in _LOOPBACK
+            else ("*",)
+            if host in ("0.0.0.0", "::")
+            else (host, *LOOPBACK_HOSTS)
+        )
+        web_app = create_app(
+            model, store=store, limits=limits, device=device, allowed_hosts=allowed
+        )
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -53,4 +65,6 @@ def serve(
         )
     shown = f"[{host}]" if ":" in host else host
     console.print(f"planktonzilla serving on http://{shown}:{port}  (API docs: /docs)")
-    uvicorn.run(web_app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        web_app, host=host, port=port, log_level="info", access_log=False, timeout_keep_alive=5
+    )

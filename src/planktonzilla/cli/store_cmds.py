@@ -1,4 +1,5 @@
-"""`pz stats`, `pz query`, `pz export`, `pz demo`: looking into a store and getting data out."""
+"""`pz stats`, `pz query`, `pz verify`, `pz export`, `pz demo`: looking into a store, checking
+it and getting data out."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
 
@@ -99,6 +101,33 @@ def query(
         from rich.console import Console
 
         Console().print(_table(table.to_pylist(), limit=200))
+
+
+def verify(
+    store: Path = EXISTING_STORE_OPTION,
+    deep: bool = typer.Option(False, "--deep", help="Also re-hash every image against its id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check the store against its manifest: every listed shard present, of its size and
+    checksum, with a readable footer; no foreign files; with --deep every image's sha256
+    equal to its object id. Exit 1 when a problem is found."""
+    from dataclasses import asdict
+
+    from planktonzilla.store.verify import verify_store
+
+    report = verify_store(store, deep=deep)
+    if as_json:
+        print(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
+    else:
+        for p in report.problems:
+            console.print(f"[red]{p.kind}[/] {escape(p.path)}: {escape(p.message)}", soft_wrap=True)
+        hashed = f", {report.objects_hashed:,} images re-hashed" if deep else ""
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        console.print(
+            f"{store}: {report.shards:,} shards, {report.bytes:,} bytes{hashed}: {verdict}"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def export(
@@ -291,4 +320,5 @@ def register(app: typer.Typer) -> None:
     app.command()(stats)
     app.command()(query)
     app.command()(export)
+    app.command()(verify)
     app.command()(demo)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -244,6 +245,7 @@ class ImageTable(Dataset):
         if "source" in table.column_names:
             sources = set(pc.unique(table.column("source")).to_pylist())
         self._locate(store, table.column("object_id"), sources)
+        self.object_ids = table.column("object_id")  # to name an image that fails to decode
         self.in_memory = self.estimated_bytes <= memory_budget
         self._images: pa.Array | None = None
         self._pid = os.getpid()
@@ -378,10 +380,28 @@ class ImageTable(Dataset):
             max_scale = aug.scale[1]
         else:
             params, max_scale = [_IDENTITY] * len(idx), 1.0
+        kept = []
         for j, (i, p) in enumerate(zip(idx.tolist(), params, strict=True)):
-            a = _render(self.image_bytes(i), self.preprocess, p, max_scale)
-            arr[j] = a if a.ndim == 2 else a.transpose(2, 0, 1)
+            a = self._render_or_skip(i, p, max_scale)
+            if a is not None:
+                arr[j] = a if a.ndim == 2 else a.transpose(2, 0, 1)
+                kept.append(j)
+        if len(kept) < len(idx):  # the batch shrinks by the images that failed
+            if not kept:
+                raise ValueError(f"none of the {len(idx)} images of a batch decodes (see above)")
+            return out[kept], torch.from_numpy(self.labels[idx[kept]])
         return out, torch.from_numpy(self.labels[idx])
+
+    def _render_or_skip(self, i: int, p: _Params, max_scale: float) -> np.ndarray | None:
+        """The rendered image, or None (with a warning naming its object id) when its bytes
+        do not decode: one corrupt image must not end a training run (`pz verify --deep`
+        finds them all)."""
+        try:
+            return _render(self.image_bytes(i), self.preprocess, p, max_scale)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, zlib.error…
+            oid = self.object_ids[i].as_py()
+            warnings.warn(f"skipped object {oid}: its image does not decode ({exc})", stacklevel=2)
+            return None
 
 
 # ---------------------------------------------------------------------- order

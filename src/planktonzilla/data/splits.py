@@ -39,7 +39,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 from planktonzilla._version import __version__
 from planktonzilla.constants import SIDES, SPLIT_NAMES
 from planktonzilla.exceptions import SplitError
+from planktonzilla.fileio import commit_file
 from planktonzilla.store.layout import StoreLayout
 
 SCHEMES = ("stratified", "grouped", "upstream", "loso", "loio")
@@ -404,6 +404,4 @@ def _write(con, root: Path, name: str, sql: str, info: dict) -> None:
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch in reader:
             writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    commit_file(tmp, path)

@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from planktonzilla.fileio import commit_file
+
 
 class Encoder:
     """Base: `name`, `spec`, `kind`, `identity` (hash of the weights), `preprocessing` (a
@@ -261,7 +263,7 @@ class FeatureCache:
         name = f"part-{uuid.uuid4().hex[:12]}.npz"
         tmp = self.dir / (name + ".tmp.npz")
         np.savez(tmp, ids=np.array(ids), features=features.astype(np.float32))
-        os.replace(tmp, self.dir / name)
+        commit_file(tmp, self.dir / name)
         info = self.dir / "encoder.json"
         if not info.exists():
             info.write_text(

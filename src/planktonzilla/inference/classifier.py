@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from planktonzilla.data.dataset import RANKS
+from planktonzilla.fileio import atomic_write
 
 CALIBRATION = "calibration.json"
 DEFAULT_RANK_THRESHOLD = 0.5
@@ -538,9 +539,7 @@ def calibrate(
         },
     }
     path = Path(directory) / CALIBRATION
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(thresholds, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(thresholds, indent=1))
     return thresholds
 
 

@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from planktonzilla.constants import RANKS
-from planktonzilla.fileio import member_problem, safe_member_path, zip_member_problem
+from planktonzilla.fileio import commit_file, member_problem, safe_member_path, zip_member_problem
 from planktonzilla.readers.ecotaxa_tsv import column_types, tsv_cell, tsv_lines
 from planktonzilla.records import Record, Rejection
 
@@ -327,8 +327,18 @@ def csv_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(columns)
     for row in rows:
-        out.writerow([_csv_cell(row.get(c)) for c in columns])
+        out.writerow([_download_cell(row.get(c)) for c in columns])
     return buf.getvalue().encode("utf-8")
+
+
+def _download_cell(value: Any) -> str:
+    """A CSV cell a spreadsheet opens as text: a string starting with = + - @ or a tab / CR
+    (an input file name such as `=HYPERLINK(...)`) gets a leading `'` (OWASP's advice against
+    formula injection); numbers are left as they are."""
+    cell = _csv_cell(value)
+    if isinstance(value, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + cell
+    return cell
 
 
 def ecotaxa_tsv_bytes(rows: Sequence[dict[str, Any]], *, category: str = "label") -> bytes:
@@ -376,6 +386,10 @@ class Writer:
 
     def abort(self) -> None:
         self.close()
+
+    def is_done(self, origin: str) -> bool:
+        """Whether `origin` was written by an earlier run (as the file spells it)."""
+        return origin in self.done
 
     def __enter__(self) -> Writer:
         return self
@@ -558,6 +572,10 @@ class _CsvWriter(Writer):
         self.table = _LineTable(path, "csv", "origin", resume)
         self.done = self.table.done
 
+    def is_done(self, origin: str) -> bool:
+        # a line break in a name is written as a space (one row per line): match that form
+        return origin in self.done or _csv_cell(origin) in self.done
+
     def write(self, rows, images=None):
         self.table.append(rows)
 
@@ -594,6 +612,10 @@ class _EcotaxaWriter(Writer):
         self.rejected = _LineTable(rejected_path, "csv", "origin", resume)
         self.done = self.table.done | self.rejected.done
         self._names = self.table.image_names
+
+    def is_done(self, origin: str) -> bool:
+        # tabs and line breaks are written as spaces (TSV rows, CSV rejections): match those
+        return any(form in self.done for form in (origin, tsv_cell(origin), _csv_cell(origin)))
 
     def write(self, rows, images=None):
         good, bad = [], []
@@ -669,9 +691,7 @@ def _zip_partial(partial: Path, tsv: Path, path: Path) -> None:
                     if name and name not in written and (partial / name).is_file():
                         zf.write(partial / name, name, compress_type=zipfile.ZIP_STORED)
                         written.add(name)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    commit_file(tmp, path)
     shutil.rmtree(partial)
 
 
@@ -747,7 +767,7 @@ class _ParquetWriter(Writer):
         part = self.partial / f"part-{self.next_part:05d}.parquet"
         tmp = part.with_name(part.name + ".tmp")
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, part)
+        commit_file(tmp, part)
         self.next_part += 1
         self.buffer.clear()
 
@@ -772,9 +792,7 @@ class _ParquetWriter(Writer):
                     for f in schema
                 ]
                 out.write_table(pa.Table.from_arrays(columns, schema=schema))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        commit_file(tmp, self.path)
         shutil.rmtree(self.partial)
 
 

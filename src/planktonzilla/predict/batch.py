@@ -13,6 +13,7 @@ that do not decode), plus `skipped` for the inputs an earlier run already wrote 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planktonzilla.images import MAX_BYTES
 from planktonzilla.inference.writers import (
     open_writer,
     output_format,
@@ -121,7 +123,7 @@ def predict_to_file(
         so rows keep the input order."""
         fresh = 0
         for item in _items(inputs, where):
-            if item.origin in writer.done:
+            if writer.is_done(item.origin):
                 report.skipped += 1
                 continue
             if limit is not None and fresh >= limit:
@@ -187,9 +189,10 @@ def predict_to_file(
 
 
 def _image_bytes(record: Record) -> bytes | None:
-    try:
-        return record.image_bytes()
-    except OSError:
+    try:  # loaders that can stop at the image size limit never read past it
+        read_at_most = getattr(record.image, "read_at_most", None)
+        return read_at_most(MAX_BYTES) if read_at_most else record.image_bytes()
+    except (OSError, zipfile.BadZipFile, EOFError):  # RefusedInput too: not regular, too large
         return None
 
 

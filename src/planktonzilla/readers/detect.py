@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -98,8 +99,13 @@ def detect(path: str | os.PathLike) -> str | None:
 
 
 def _head(path: Path, n: int = 512) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(n)
+    """The first `n` bytes of a regular file; b"" for a FIFO or device (never opened for
+    reading: a FIFO would block, a device may never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return os.read(fd, n) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
 
 
 def _looks_like_table(head: bytes) -> bool:

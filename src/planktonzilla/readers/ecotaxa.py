@@ -58,7 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from planktonzilla.exceptions import ReaderError
-from planktonzilla.fileio import member_problem
+from planktonzilla.fileio import RefusedInput, gunzip_at_most, member_problem, read_member
 from planktonzilla.readers.ecotaxa_tsv import TEXT_COLUMNS
 from planktonzilla.readers.folder import walk_files
 from planktonzilla.records import FileBytes, Record, Rejection
@@ -115,15 +115,21 @@ class ZipMember:
     members: tuple[str, ...]
 
     def __call__(self) -> bytes:
-        return _open_zip(str(self.path), self.members[:-1]).read(self.members[-1])
+        return self.read_at_most(MAX_TABLE_BYTES)
+
+    def read_at_most(self, limit: int) -> bytes:
+        """The member's bytes; `RefusedInput` when it declares or holds more than `limit`
+        bytes or expands past `MAX_RATIO` (checked before reading)."""
+        return read_member(_open_zip(str(self.path), self.members[:-1]), self.members[-1], limit)
 
 
 @lru_cache(maxsize=16)
 def _open_zip(path: str, chain: tuple[str, ...]) -> zipfile.ZipFile:
-    """An open ZipFile for `path` or for a zip nested in it (read into memory once)."""
+    """An open ZipFile for `path` or for a zip nested in it (read into memory once, within
+    the table size limit)."""
     zf = zipfile.ZipFile(path)
     for name in chain:
-        zf = zipfile.ZipFile(io.BytesIO(zf.read(name)))
+        zf = zipfile.ZipFile(io.BytesIO(read_member(zf, name, MAX_TABLE_BYTES)))
     return zf
 
 
@@ -229,8 +235,20 @@ class _Zip(_Container):
 
 
 def _guarded_zip_tables(container: _Zip):
+    found = False
     try:
-        yield from container.tables()
+        for entry in container.tables():
+            found = True
+            yield entry
+        if not found:  # an input that yields nothing must still be accounted for
+            yield Rejection(
+                container.label,
+                "unsupported_format",
+                f"{container.label}: a zip without an EcoTaxa table (its images are named by "
+                "no table; unzip nested archives of images first)",
+            )
+    except RefusedInput as exc:
+        yield Rejection(container.label, exc.reason, exc.message)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         yield Rejection(container.label, "corrupt", f"unreadable zip archive: {exc}")
 
@@ -240,7 +258,7 @@ def _guarded_zip_tables(container: _Zip):
 
 def _decode(data: bytes) -> str:
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        data = gunzip_at_most(data, MAX_TABLE_BYTES, "table")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -324,11 +342,43 @@ class _Table:
         body = self.text[self.body_start :]
         rows = _split_lines(body)
         if rows is None:
-            try:
-                rows = list(csv.reader(io.StringIO(body, newline=""), delimiter="\t"))
-            except csv.Error as exc:
-                raise _TableError("bad_header", f"unparseable TSV: {exc}") from None
+            rows = _quoted_rows(body)
         return [r for r in rows if not _blank(r)]
+
+
+class _Unparsed(list):
+    """A line whose quotes do not balance, split on tabs only: rejected as a `bad_row`."""
+
+    message = 'its quotes (") do not balance (a quoted value must close where it ends)'
+
+
+def _sound_quotes(text: str) -> list[list[str]] | None:
+    """The rows of a quoted TSV when every quote closes where a value ends (csv's strict
+    mode) and no quoted value holds both a tab and a line break (the mark of a stray quote
+    that swallowed whole rows); else None."""
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True))
+    except csv.Error:
+        return None
+    if any("\t" in c and ("\n" in c or "\r" in c) for row in rows for c in row):
+        return None
+    return rows
+
+
+def _quoted_rows(text: str) -> list[list[str]]:
+    """Rows of a TSV with quotes. When the quotes are not sound, each physical line is one
+    row and a line whose own quotes do not balance becomes an `_Unparsed` row: a stray quote
+    (`"approx. 2 mm`) costs its own row, never the rows after it."""
+    rows = _sound_quotes(text)
+    if rows is not None:
+        return rows
+    rows = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        try:
+            rows.extend(csv.reader([line], delimiter="\t", strict=True))
+        except csv.Error:
+            rows.append(_Unparsed(line.split("\t")))
+    return rows
 
 
 def _blank(row: list[str]) -> bool:
@@ -449,6 +499,8 @@ def _bulk_body(table: _Table, text_only: frozenset[str]) -> _Body | None:
     if types is None:  # read as numbers if all are (as EcoPart features), else inferred
         attempts.append({n: t for n, t in as_numbers.items() if t == pa.string()})
     body = table.text[table.body_start :]
+    if '"' in body and _sound_quotes(body) is None:
+        return None  # rows with stray quotes are rejected one by one (`_row_body`)
     data = None
     for given in attempts:
         try:
@@ -517,7 +569,10 @@ def _row_body(table: _Table, text_only: frozenset[str]) -> _Body:
         types = ["f" if first and _all_numbers(first[i]) else "t" for i in range(width)]
     too_long: dict[int, list[str]] = {}
     for n, row in enumerate(rows):
-        if len(row) > width:
+        if isinstance(row, _Unparsed):
+            too_long[n] = row  # rejected whole, whatever its width
+            rows[n] = (row + [""] * width)[:width]
+        elif len(row) > width:
             if any(c.strip() for c in row[width:]):
                 too_long[n] = row
             rows[n] = row[:width]
@@ -706,7 +761,9 @@ def _ecotaxa_rows(
             yield Rejection(
                 f"{origin}:{line}",
                 "bad_row",
-                f"line {line} has {len(row)} values for {width} columns "
+                f"line {line}: {row.message}"
+                if isinstance(row, _Unparsed)
+                else f"line {line} has {len(row)} values for {width} columns "
                 f"(extra values {row[width:][:3]!r} without a header)",
                 oid or None,
             )
@@ -1030,7 +1087,11 @@ def _read_table(
         )
         return
     try:
-        data = loader()
+        read_at_most = getattr(loader, "read_at_most", None)
+        data = read_at_most(MAX_TABLE_BYTES) if read_at_most else loader()
+    except RefusedInput as exc:
+        yield Rejection(origin, exc.reason, f"{rel}: {exc.message}")
+        return
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         yield Rejection(origin, "corrupt", f"cannot read {rel}: {exc}")
         return
@@ -1039,6 +1100,9 @@ def _read_table(
             raise _TableError("too_large", f"{len(data):,} bytes is over the table size limit")
         text = _decode(data)
         table = _parse_table(text)
+    except RefusedInput as exc:
+        yield Rejection(origin, exc.reason, f"{rel}: {exc.message}")
+        return
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         yield Rejection(origin, "corrupt", f"cannot decompress {rel}: {exc}")
         return

@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import member_problem, read_regular_file
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["FlowCamList", "read_cla", "read_flowcam", "read_lst"]
@@ -85,10 +86,24 @@ class FlowCamList:
     bad_rows: list[tuple[int, str]] = field(default_factory=list)
 
 
+#: Largest list, class or metadata file read (bytes): a run of a million particles is ~200 MB.
+_MAX_TEXT = 1 << 30
+
+
+def _text(path: Path) -> str:
+    """A text file of the run, refused (`RefusedInput`, an OSError) when it is not a regular
+    file (a FIFO would block) or is over `_MAX_TEXT`."""
+    return read_regular_file(path, _MAX_TEXT).decode("utf-8", errors="replace")
+
+
+#: Most fields a list file may declare (VisualSpreadsheet writes about 60).
+_MAX_FIELDS = 10_000
+
+
 def read_lst(path: Path | str) -> FlowCamList:
     """Parse a VisualSpreadsheet list file (`.lst`, or a library's `.flb`)."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = _text(path).splitlines()
     start = next((i for i, ln in enumerate(lines[:3]) if ln.startswith("num-fields|")), None)
     if start is None:
         raise FlowCamFormatError(f"{path}: no 'num-fields|N' header line")
@@ -96,6 +111,8 @@ def read_lst(path: Path | str) -> FlowCamList:
         n = int(lines[start].split("|", 1)[1])
     except ValueError:
         raise FlowCamFormatError(f"{path}: bad header line {lines[start]!r}") from None
+    if not 0 < n <= _MAX_FIELDS:  # a negative count would swallow every particle as header
+        raise FlowCamFormatError(f"{path}: num-fields {n} is not between 1 and {_MAX_FIELDS}")
     header = lines[start + 1 : start + 1 + n]
     if len(header) < n or any("|" not in h for h in header):
         raise FlowCamFormatError(f"{path}: the header should list {n} 'name|type' fields")
@@ -116,7 +133,7 @@ def read_lst(path: Path | str) -> FlowCamList:
 def read_cla(path: Path | str) -> tuple[str, dict[int, str]]:
     """Parse a `.cla` classification file → (classification name, {particle id: class})."""
     path = Path(path)
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln.strip() for ln in _text(path).splitlines()]
     it = iter(lines)
 
     def take(what: str) -> str:
@@ -152,7 +169,7 @@ def _read_ini(path: Path) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.optionxform = str  # keep key case
     try:
-        parser.read_string(path.read_text(encoding="utf-8", errors="replace"))
+        parser.read_string(_text(path))
     except configparser.Error:
         return {}
     return {k: v.strip() for s in parser.sections() for k, v in parser[s].items()}
@@ -161,7 +178,7 @@ def _read_ini(path: Path) -> dict[str, str]:
 def _read_summary(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     section = ""
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in _text(path).splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith(":"):
             section = line.strip().rstrip(":")
             continue
@@ -292,6 +309,17 @@ def read_flowcam(paths: Path | str | Iterable[Path | str]) -> Iterator[Record | 
         yield from _read_list(lst)
 
 
+def _inside(folder: Path, name: str) -> bool:
+    """Whether the file a list names stays in its run folder (no '..', absolute path, or link
+    out of it): a list is input, and its names must not open arbitrary files."""
+    if member_problem(name):
+        return False
+    try:
+        return (folder / name).resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def _read_list(lst: Path) -> Iterator[Record | Rejection]:
     try:
         table = read_lst(lst)
@@ -322,7 +350,9 @@ def _read_list(lst: Path) -> Iterator[Record | Rejection]:
     for collage_name, rows in by_collage.items():
         collage_path = run.folder / collage_name
         image, problem = None, None
-        if not collage_name or not collage_path.is_file():
+        if not _inside(run.folder, collage_name):
+            problem = ("unsafe_path", f"collage {collage_name!r} is not a file of the run folder")
+        elif not collage_name or not collage_path.is_file():
             problem = ("missing_file", f"collage {collage_name or '(none named)'} is missing")
         else:
             try:

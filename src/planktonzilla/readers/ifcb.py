@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from planktonzilla.exceptions import ReaderError
+from planktonzilla.fileio import RefusedInput, read_regular_file
 from planktonzilla.records import Record, Rejection
 
 __all__ = ["BinName", "parse_bin_name", "parse_pid", "read_ifcb", "read_ifcb_labels"]
@@ -241,8 +242,8 @@ def _parse_adc(data: bytes, path: Path) -> list[list[str]]:
 
 def _number(value: str) -> float:
     x = float(value)
-    if math.isnan(x):
-        raise ValueError("NaN")
+    if not math.isfinite(x):  # `inf` / `1e400` would raise OverflowError in int()
+        raise ValueError(f"{value.strip()!r} is not a finite number")
     return x
 
 
@@ -336,6 +337,7 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
     iw, ih, isb = layout["roiwidth"], layout["roiheight"], layout["startbyte"]
     need = max(iw, ih, isb) + 1
     rois: list[tuple[int, list[str], int, int, int]] = []
+    wrong: list[Rejection] = []  # yielded once the whole ADC file is known to be readable
     for n, fields in enumerate(rows, start=1):
         try:
             if len(fields) < need:
@@ -358,8 +360,18 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
                 f"valid ADC row ({e})",
             )
             return
-        if w > 0 and h > 0:
+        if w < 0 or h < 0:  # not a trigger without an image (0): a row that is wrong
+            wrong.append(
+                Rejection(
+                    _pid(bin_id, n),
+                    "bad_row",
+                    f"ROI {n} of bin {bin_id}: negative ROI size {w}x{h} in {b.files['.adc'].name}",
+                    source_object_id=_pid(bin_id, n),
+                )
+            )
+        elif w > 0 and h > 0:
             rois.append((n, fields, w, h, start))
+    yield from wrong
 
     if not rois:
         yield Rejection(
@@ -392,7 +404,11 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
         (i, _EXTRA_COLUMNS[k], k in _INT_EXTRA) for k, i in layout.items() if k in _EXTRA_COLUMNS
     )
 
-    data = roi_path.read_bytes()
+    try:
+        data = _read_file(roi_path)
+    except _BadBin as e:
+        yield Rejection(bin_id, e.reason, f"bin {bin_id} ({b.stem.parent}): {e.message}")
+        return
     view = memoryview(data)
     size = len(data)
     for n, fields, w, h, start in rois:
@@ -430,6 +446,21 @@ def _read_bin(b: _BinFiles, label_map: dict) -> Iterator[Record | Rejection]:
         )
 
 
+#: Largest bin file read (bytes): a day-long IFCB bin's .roi stays under 1 GB.
+_MAX_FILE = 8 << 30
+
+
+def _read_file(path: Path) -> bytes:
+    """A bin file's bytes; `_BadBin` when it is not a regular file (a FIFO would block) or
+    cannot be read."""
+    try:
+        return read_regular_file(path, _MAX_FILE)
+    except RefusedInput as e:
+        raise _BadBin(e.reason, e.message) from None
+    except OSError as e:
+        raise _BadBin("unreadable", f"cannot read {path.name}: {e}") from None
+
+
 def _load_bin_tables(b: _BinFiles) -> tuple[dict[str, str], list[list[str]], dict, str]:
     adc_path = b.files.get(".adc")
     hdr_path = b.files.get(".hdr")
@@ -437,13 +468,13 @@ def _load_bin_tables(b: _BinFiles) -> tuple[dict[str, str], list[list[str]], dic
         raise _BadBin("partial_bin", f"the .adc file is missing ({_have(b)})")
     header: dict[str, str] = {}
     if hdr_path is not None:
-        raw = hdr_path.read_bytes()
+        raw = _read_file(hdr_path)
         if not raw.strip(b"\x00 \t\r\n"):
             raise _BadBin("invalid_bin", f"{hdr_path.name} is empty ({len(raw)} bytes)")
         header = _parse_header(raw.decode("latin-1"))
         if not header:
             raise _BadBin("invalid_bin", f"{hdr_path.name} is not an IFCB header")
-    adc = adc_path.read_bytes()
+    adc = _read_file(adc_path)
     rows = _parse_adc(adc, adc_path)
     if not rows:
         roi = b.files.get(".roi")

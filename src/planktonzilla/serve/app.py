@@ -32,6 +32,7 @@ event loop keeps answering while the model works.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -47,8 +48,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette._utils import parse_host_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from planktonzilla.serve.browse import StoreBrowser, thumbnail_png
 from planktonzilla.serve.uploads import CheckedImage, Limits, UploadError, expand
@@ -100,15 +103,26 @@ _ERRORS = {
 }
 
 
+#: Longest wait, in seconds, for the next chunk of a request body.
+BODY_CHUNK_TIMEOUT = 15.0
+
+#: Host names a loopback server answers to (`create_app(allowed_hosts=…)`).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
 def create_app(
     model_dir: str | Path | Any,
     store: str | Path | None = None,
     limits: Limits = Limits(),  # frozen: safe as a default
     *,
     device: str = "auto",
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    body_timeout: float = BODY_CHUNK_TIMEOUT,
 ) -> FastAPI:
     """The web app for the model in `model_dir` (or an already loaded
-    `planktonzilla.inference.Classifier`), browsing `store` when given."""
+    `planktonzilla.inference.Classifier`), browsing `store` when given. Requests whose `Host`
+    header names none of `allowed_hosts` get 400: a web page on another site cannot reach a
+    loopback server through a name it controls (DNS rebinding); `("*",)` allows any."""
     from planktonzilla._version import __version__
     from planktonzilla.inference import Classifier
 
@@ -131,7 +145,8 @@ def create_app(
     )
     _document_errors(app)
     app.add_middleware(_SecurityHeaders)
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(_HostAllowList, allowed_hosts=allowed_hosts)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes, chunk_timeout=body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(UploadError)
@@ -472,11 +487,14 @@ def _error_response(exc: UploadError) -> JSONResponse:
 
 class _BodyLimit:
     """Refuses a request body over `max_bytes`: at once when Content-Length says so, else
-    as soon as the bytes received pass it (nothing beyond the limit is ever buffered)."""
+    as soon as the bytes received pass it (nothing beyond the limit is ever buffered); and a
+    body whose next chunk takes over `chunk_timeout` seconds to arrive (a slow-body client
+    would otherwise hold a connection, and its buffers, forever)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, chunk_timeout: float = BODY_CHUNK_TIMEOUT):
         self.app = app
         self.max_bytes = max_bytes
+        self.chunk_timeout = chunk_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -499,7 +517,14 @@ class _BodyLimit:
 
         async def limited_receive():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.chunk_timeout)
+            except TimeoutError:
+                raise UploadError(
+                    "request_timeout",
+                    f"the request body stalled for over {self.chunk_timeout:g} s",
+                    status=408,
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -507,6 +532,23 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _HostAllowList(TrustedHostMiddleware):
+    """Starlette's Host check, answering a foreign host with the app's JSON error shape."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self.allow_any:
+            return await self.app(scope, receive, send)
+        parsed = parse_host_header(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+        if parsed is None or parsed.host.lower() not in self.allowed_hosts:
+            refused = UploadError(
+                "bad_host",
+                "this server answers only to " + ", ".join(self.allowed_hosts),
+                status=400,
+            )
+            return await _error_response(refused)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class _SecurityHeaders:

@@ -27,6 +27,7 @@ from planktonzilla.readers.folder import JUNK_DIRS, is_junk
 #: (empty, corrupt, truncated, unsupported_format, decompression_bomb, too_large) and ours.
 STATUS = {
     "bad_request": 400,
+    "bad_host": 400,
     "invalid_parameter": 400,
     "no_files": 400,
     "bad_multipart": 400,

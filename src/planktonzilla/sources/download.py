@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planktonzilla.exceptions import DownloadError
+from planktonzilla.fileio import commit_file
 
 if TYPE_CHECKING:
     import httpx
@@ -221,7 +222,7 @@ def download(
     except DownloadError:
         part.unlink(missing_ok=True)  # a wrong body must not be resumed
         raise
-    os.replace(part, dest)
+    commit_file(part, dest)
     return dest
 
 

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planktonzilla.exceptions import ExtractError, UnsafeArchiveError
-from planktonzilla.fileio import safe_member_path, tar_member_problem, zip_member_problem
+from planktonzilla.fileio import (
+    MAX_RATIO,
+    RATIO_FLOOR,
+    safe_member_path,
+    tar_member_problem,
+    zip_member_problem,
+)
 
 DEFAULT_MAX_BYTES = 4 << 40  # 4 TiB
 DEFAULT_MAX_MEMBERS = 50_000_000
@@ -33,6 +39,12 @@ class _Budget:
     bytes: int = 0
     members: int = 0
     archives: list[str] = field(default_factory=list)
+    archive_bytes: int = 0  # written from the archive being extracted
+    archive_cap: int = 0  # what it may expand to (`MAX_RATIO` times its size)
+
+    def start(self, archive: Path) -> None:
+        self.archive_bytes = 0
+        self.archive_cap = max(RATIO_FLOOR, MAX_RATIO * archive.stat().st_size)
 
     def member(self, name: str) -> None:
         self.members += 1
@@ -41,6 +53,12 @@ class _Budget:
 
     def add(self, n: int, name: str) -> None:
         self.bytes += n
+        self.archive_bytes += n
+        if self.archive_bytes > self.archive_cap:
+            raise ExtractError(
+                f"{self.archives[-1]} expands past {MAX_RATIO}:1 of its size (at {name!r}); "
+                "refusing (a decompression bomb)"
+            )
         if self.bytes > self.max_bytes:
             raise ExtractError(
                 f"extracted size passes the limit of {self.max_bytes:,} bytes (at {name!r}); "
@@ -128,6 +146,7 @@ def _strip_archive_ext(name: str) -> str:
 def _extract_one(archive: Path, dest: Path, budget: _Budget) -> None:
     kind = archive_kind(archive)
     budget.archives.append(archive.name)
+    budget.start(archive)
     try:
         if kind == "zip":
             _extract_zip(archive, dest, budget)

@@ -4,6 +4,7 @@ parses `manifest.json`:
     store/
       manifest.json                         written last, atomically
       .lock                                 the one-writer lock
+      ingest.journal.json                   shards an ingest wrote, not yet in the manifest
       objects/<source>/part-NNNNN.parquet   immutable shards
       rejected/<source>/part-NNNNN.parquet  inputs not stored, with their reasons
       taxonomy/<source>.parquet             lineages of a user's own labels (joined at read time)
@@ -67,6 +68,10 @@ class StoreLayout:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "ingest.journal.json"
 
     def shard_dir(self, kind: str, source: str) -> Path:
         """`objects/<source>` or `rejected/<source>`."""

@@ -6,9 +6,17 @@ Hugging Face `datasets` can open directly.
     manifest.json                          written last, atomically: what readers see
 
 Crash safety: a shard appears only by atomic rename, and every shard on disk is complete.
-A rerun of an interrupted ingest skips the inputs (by `origin`) already in a shard, adopts the
-shards the crashed run wrote, and then rewrites the manifest. Readers only see the shards the
-manifest lists, so a crashed ingest leaves the previous view intact.
+Before a shard is renamed into place its path is added to the ingest journal; a rerun of an
+interrupted ingest skips the inputs (by `origin`) already in a listed or journalled shard,
+adopts the journalled shards the crashed run wrote, and then rewrites the manifest. Readers
+only see the shards the manifest lists, so a crashed ingest leaves the previous view intact.
+
+Trust: only shards the manifest or the journal lists are ever read or adopted (a stray
+`part-*.parquet` is ignored, and `pz verify` names it). Listed shards are immutable: their
+checksum is computed once, when they are first listed; shard numbers are never reused, and an
+ingest refuses a store whose listed shards are missing or changed size (`pz verify`). The one
+replacement: `retry_rejected` swaps a rejected shard for a new copy without the inputs read
+again (journalled as `-old` + the copy, so the swap is atomic with the manifest).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import fcntl
 import json
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planktonzilla._version import __version__
+from planktonzilla.constants import MAX_LABEL_CHARS
 from planktonzilla.exceptions import StoreError, StoreLockedError
 from planktonzilla.fileio import atomic_path, atomic_write, sha256_bytes, sha256_file
 from planktonzilla.images import MAX_BYTES, MAX_PIXELS, ImageInfo, examine, examine_many
@@ -36,6 +45,8 @@ from planktonzilla.records import DEFAULTABLE, Record, Rejection
 from planktonzilla.store import schema
 from planktonzilla.store.layout import StoreLayout, read_manifest
 
+#: Characters of an over-long raw label kept in its `bad_label` rejection.
+_LABEL_KEPT = 200
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 
@@ -50,6 +61,7 @@ class IngestReport:
     stored: int = 0
     rejected: int = 0
     skipped: int = 0
+    retried: int = 0  # rejected inputs read again (`retry_rejected`), counted in `read`
     reasons: Counter = field(default_factory=Counter)
     label_conflicts: int = 0  # duplicates whose kept copy carries another raw label
 
@@ -62,6 +74,7 @@ class IngestReport:
             f"{self.source}: read {self.read:,} = stored {self.stored:,} + rejected "
             f"{self.rejected:,}"
             + (f"  (already in store: {self.skipped:,})" if self.skipped else "")
+            + (f"  (rejected before, read again: {self.retried:,})" if self.retried else "")
         ]
         for reason, n in self.reasons.most_common():
             lines.append(f"  rejected {n:,} x {reason}")
@@ -108,8 +121,11 @@ class _ShardWriter:
     """Buffers rows of one source and writes them as numbered shard pairs (objects and
     rejected share the number), each by atomic rename."""
 
-    def __init__(self, root: Path, source: str, shard_rows: int, shard_bytes: int):
-        layout = StoreLayout(root)
+    def __init__(
+        self, root: Path, source: str, shard_rows: int, shard_bytes: int, journal: list[str]
+    ):
+        layout = self.layout = StoreLayout(root)
+        self.journal = journal  # paths (relative to the store) of shards not yet listed
         self.dirs = {kind: layout.shard_dir(kind, source) for kind in ("objects", "rejected")}
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
@@ -147,13 +163,15 @@ class _ShardWriter:
             ("rejected", self.rejected, schema.REJECTED),
         ):
             if rows:
+                path = self.dirs[kind] / name
+                # journalled before it exists: the rerun of a killed ingest adopts it
+                self.journal.append(path.relative_to(self.layout.root).as_posix())
+                atomic_write(self.layout.journal, json.dumps(self.journal))
                 columns = [
                     pa.array(values, type=field.type)
                     for values, field in zip(zip(*rows, strict=True), table_schema, strict=True)
                 ]
-                _atomic_parquet(
-                    pa.Table.from_arrays(columns, schema=table_schema), self.dirs[kind] / name
-                )
+                _atomic_parquet(pa.Table.from_arrays(columns, schema=table_schema), path)
                 rows.clear()
                 wrote = True
         self.buffered_bytes = 0
@@ -215,9 +233,19 @@ class ObjectStore:
 
     # ---------------------------------------------------------------- reading
     def manifest(self) -> dict:
-        """The current manifest (an empty one for a new store)."""
+        """The current manifest (an empty one for a new store). `StoreError` when it is
+        damaged, or missing while shards exist that no interrupted ingest journalled."""
         manifest = read_manifest(self.path)
         if manifest is None:
+            if not self.layout.journal.exists() and any(
+                next(self.path.glob(f"{kind}/*/part-*.parquet"), None)
+                for kind in ("objects", "rejected")
+            ):
+                raise StoreError(
+                    f"{self.layout.manifest} is missing but {self.path} holds shards: the "
+                    "store is damaged; restore manifest.json from a backup (`pz verify` "
+                    "lists the shards)"
+                )
             return {"schema_version": schema.SCHEMA_VERSION, "sources": {}}
         return manifest
 
@@ -459,15 +487,86 @@ class ObjectStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _shards_on_disk(self, kind: str, source: str | None = None) -> list[Path]:
-        base = self.path / kind
-        if not base.is_dir():
+    def _journal(self) -> list[str]:
+        """Shards a killed ingest wrote before it could list them (relative paths), listed
+        shards it replaced (`-path`) and the sources it was retrying (`retry:<source>`)."""
+        path = self.layout.journal
+        try:
+            entries = json.loads(path.read_text())
+        except FileNotFoundError:
             return []
-        dirs = [base / source] if source else sorted(p for p in base.iterdir() if p.is_dir())
-        return sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if _PART.match(p.name))
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path} is damaged ({exc}): delete it to drop the unlisted shards of the "
+                "interrupted ingest, then rerun it"
+            ) from exc
+        return [e for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
+
+    def _shards(self, kind: str, source: str | None = None) -> list[Path]:
+        """The shards this store trusts: those the manifest lists (which must be intact:
+        present, of the listed size) and those the journal lists that exist."""
+        key = "shards" if kind == "objects" else "rejected_shards"
+        listed = []
+        for name, entry in self.manifest()["sources"].items():
+            if source is None or name == source:
+                for shard in entry[key]:
+                    path = self.path / shard["path"]
+                    try:
+                        size = path.stat().st_size
+                    except FileNotFoundError:
+                        size = None
+                    if size != shard["bytes"]:
+                        problem = "is missing" if size is None else f"has {size:,} bytes"
+                        raise StoreError(
+                            f"{shard['path']} {problem} (the manifest lists "
+                            f"{shard['bytes']:,} bytes): the store is damaged; run `pz verify` "
+                            "and restore the shard from a backup"
+                        )
+                    listed.append(path)
+        prefix = f"{kind}/" + (f"{source}/" if source else "")
+        journal = self._journal()
+        dropped = {self.path / e[1:] for e in journal if e.startswith("-")}
+        for rel in journal:
+            path = self.path / rel
+            if rel.startswith(prefix) and _PART.match(path.name) and path.is_file():
+                listed.append(path)
+        return sorted(set(listed) - dropped)
+
+    def _retire_rejections(self, source: str, candidates: set[str], writer: _ShardWriter):
+        """Drop from the listed rejected shards of `source` the retried inputs (`candidates`)
+        that this run (or the interrupted one it completes) read again: each such shard is
+        replaced by a copy without them, so that read = stored + rejected still holds."""
+        journal = writer.journal
+        new = [self.path / e for e in journal if e.startswith(("objects/", "rejected/"))]
+        superseded = set()
+        for path in new:
+            if path.parent.name == source and path.is_file():
+                superseded.update(pq.read_table(path, columns=["origin"])["origin"].to_pylist())
+        superseded &= candidates
+        if not superseded:
+            return []
+        retired = []
+        entry = self.manifest()["sources"].get(source, {})
+        for shard in entry.get("rejected_shards", []):
+            if "-" + shard["path"] in journal:
+                continue  # replaced by the interrupted run already
+            path = self.path / shard["path"]
+            table = pq.read_table(path)
+            keep = [o not in superseded for o in table["origin"].to_pylist()]
+            if all(keep):
+                continue
+            if any(keep):
+                copy = writer.dirs["rejected"] / f"part-{writer.next_part:05d}.parquet"
+                writer.next_part += 1
+                _atomic_parquet(table.filter(pa.array(keep)), copy)  # unlisted until journalled
+                journal.append(copy.relative_to(self.path).as_posix())
+            journal.append("-" + shard["path"])
+            atomic_write(self.layout.journal, json.dumps(journal))
+            retired.append(path)
+        return retired
 
     def _column(self, kind: str, name: str, source: str | None = None) -> Iterator[Any]:
-        for path in self._shards_on_disk(kind, source):
+        for path in self._shards(kind, source):
             yield from pq.read_table(path, columns=[name]).column(name).to_pylist()
 
     def ingest(
@@ -485,11 +584,16 @@ class ObjectStore:
         shard_bytes: int = 256 * 1024 * 1024,
         max_bytes: int = MAX_BYTES,
         max_pixels: int = MAX_PIXELS,
+        max_label_chars: int = MAX_LABEL_CHARS,
+        retry_rejected: bool = False,
     ) -> IngestReport:
         """Store every image of `records` under `source`; record every other input in
         `rejected`. Exact duplicates (same bytes, in any source) are stored once. Resumable
         and idempotent: inputs whose `origin` is already accounted for are skipped. The
-        keyword metadata fill the fields a record leaves empty."""
+        keyword metadata fill the fields a record leaves empty. Limits: `max_bytes` and
+        `max_pixels` per image (`too_large`), `max_label_chars` per raw label (`bad_label`).
+        `retry_rejected`: read again the inputs this source rejected (e.g. repaired in place);
+        each one's old rejection is replaced by its new outcome."""
         if not _SOURCE_NAME.match(source):
             raise StoreError(
                 f"invalid source name {source!r}: use letters, digits, '.', '_' or '-'"
@@ -504,14 +608,30 @@ class ObjectStore:
         with self._lock():
             for tmp in self.path.glob("*/*/*.tmp"):  # debris of a killed run
                 tmp.unlink()
+            journal = self._journal()
+            marker = f"retry:{source}"
+            retry = retry_rejected or marker in journal  # a killed retry run is completed
             accounted = set(self._column("objects", "origin", source))
             accounted.update(self._column("rejected", "origin", source))
+            candidates: set[str] = set()
+            if retry:  # rejected in listed shards and stored in none; not re-read yet
+                pending = {self.path / e for e in journal}  # shards of a killed run
+                listed, reread = {}, set()
+                for kind in ("objects", "rejected"):
+                    shards = self._shards(kind, source)
+                    listed[kind] = _origins(p for p in shards if p not in pending)
+                    reread |= _origins(p for p in shards if p in pending)
+                candidates = listed["rejected"] - listed["objects"]
+                accounted -= candidates - reread
+            if retry and marker not in journal:
+                journal.append(marker)
+                atomic_write(self.layout.journal, json.dumps(journal))
             known = _KnownObjects()
-            for path in self._shards_on_disk("objects"):
+            for path in self._shards("objects"):
                 t = pq.read_table(path, columns=["object_id", "source", "raw_label"])
                 for oid, src, label in zip(*(c.to_pylist() for c in t.columns), strict=True):
                     known.add(oid, src, label)
-            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes)
+            writer = _ShardWriter(self.path, source, shard_rows, shard_bytes, journal)
             seen_now: set[str] = set()
 
             def fresh() -> Iterator[Record | Rejection]:
@@ -520,6 +640,7 @@ class ObjectStore:
                         report.skipped += 1
                         continue
                     report.read += 1
+                    report.retried += item.origin in candidates
                     if item.origin in seen_now:
                         yield Rejection(
                             item.origin,
@@ -530,6 +651,20 @@ class ObjectStore:
                         )
                         continue
                     seen_now.add(item.origin)
+                    if item.raw_label is not None and len(item.raw_label) > max_label_chars:
+                        # bounded before anything parses it (the label resolver runs under
+                        # the lock); the rejection keeps the label's start
+                        yield Rejection(
+                            item.origin,
+                            item.reason if isinstance(item, Rejection) else "bad_label",
+                            item.message
+                            if isinstance(item, Rejection)
+                            else f"raw label of {len(item.raw_label):,} characters is over the "
+                            f"{max_label_chars:,}-character limit",
+                            item.source_object_id,
+                            item.raw_label[:_LABEL_KEPT] + "…",
+                        )
+                        continue
                     if isinstance(item, Record):
                         for key in DEFAULTABLE:
                             if getattr(item, key) is None and defaults[key] is not None:
@@ -543,8 +678,12 @@ class ObjectStore:
                     self._file(result, source, now, known, writer, report)
                     advance()
             writer.flush()
+            retired = self._retire_rejections(source, candidates, writer) if retry else []
             self._resolve_labels(source)
             self._write_manifest()
+            for path in retired:  # no longer listed: their replacements are
+                path.unlink(missing_ok=True)
+            self.layout.journal.unlink(missing_ok=True)  # every journalled shard is listed
         return report
 
     def _processed(self, items, workers: int, max_bytes: int, max_pixels: int):
@@ -561,26 +700,34 @@ class ObjectStore:
                 yield _outcome(item, examined)
             return
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        def jobs(chunks):
-            for chunk in chunks:
-                images = [(i.image, i.origin) for i in chunk if needs_examining(i)]
-                yield chunk, (images, max_bytes, max_pixels)
+        def done(chunk, future):
+            results = iter(future.result())
+            for item in chunk:
+                yield _outcome(item, next(results) if needs_examining(item) else None)
 
-        # spawn: DuckDB / Arrow threads in this process make fork unsafe.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pending: list[list] = []
-
-            def args():
-                for chunk, job in jobs(_chunks(items, 64)):
-                    pending.append(chunk)
-                    yield job
-
-            for examined in pool.imap(examine_many, args(), chunksize=1):
-                chunk = pending.pop(0)
-                results = iter(examined)
-                for item in chunk:
-                    yield _outcome(item, next(results) if needs_examining(item) else None)
+        # spawn: DuckDB / Arrow threads in this process make fork unsafe. At most two chunks
+        # per worker in flight: memory stays flat however many inputs come.
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending: deque = deque()
+                for chunk in _chunks(items, 64):
+                    images = [(i.image, i.origin) for i in chunk if needs_examining(i)]
+                    job = pool.submit(examine_many, (images, max_bytes, max_pixels))
+                    pending.append((chunk, job))
+                    if len(pending) >= 2 * workers:
+                        yield from done(*pending.popleft())
+                while pending:
+                    yield from done(*pending.popleft())
+        except BrokenProcessPool:
+            raise StoreError(
+                "a worker process of ingest(workers>1) died: in a script, put the code under "
+                "`if __name__ == '__main__':` (each worker re-imports the script), or use "
+                "workers=1"
+            ) from None
 
     @staticmethod
     def _file(result, source: str, now: datetime, known, writer, report) -> None:
@@ -656,8 +803,9 @@ class ObjectStore:
         )
 
     def _write_manifest(self) -> None:
-        """Describe every shard on disk; reuse checksums of shards already described (shards
-        are immutable), hash only new ones. Written by atomic rename."""
+        """Describe every trusted shard (`_shards`); keep the entries of shards already
+        listed (immutable, checked intact by `_shards`), hash only the journalled ones.
+        Written by atomic rename."""
         previous = {
             shard["path"]: shard
             for entry in self.manifest()["sources"].values()
@@ -667,10 +815,10 @@ class ObjectStore:
 
         def describe(path: Path) -> dict:
             rel = path.relative_to(self.path).as_posix()
-            size = path.stat().st_size
             old = previous.get(rel)
-            if old and old["bytes"] == size:
+            if old:
                 return old
+            size = path.stat().st_size
             rows = pq.ParquetFile(path).metadata.num_rows
             return {"path": rel, "rows": rows, "bytes": size, "sha256": sha256_file(path)}
 
@@ -678,7 +826,7 @@ class ObjectStore:
 
         sources: dict[str, dict] = {}
         for kind, key in (("objects", "shards"), ("rejected", "rejected_shards")):
-            for path in self._shards_on_disk(kind):
+            for path in self._shards(kind):
                 entry = sources.setdefault(
                     path.parent.name,
                     {"objects": 0, "rejected": 0, "shards": [], "rejected_shards": []},
@@ -715,6 +863,10 @@ def _metadata_view(con, layout: StoreLayout) -> None:
         f" LEFT JOIN (SELECT object_id, {', '.join(ENRICHED_COLUMNS)}"
         f" FROM read_parquet({_sql_list(files)}, union_by_name = true)) m USING (object_id)"
     )
+
+
+def _origins(paths: Iterable[Path]) -> set[str]:
+    return {o for p in paths for o in pq.read_table(p, columns=["origin"])["origin"].to_pylist()}
 
 
 def _sql_list(paths: list[str]) -> str:
