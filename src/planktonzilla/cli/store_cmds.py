@@ -18,6 +18,7 @@ EXISTING_STORE = typer.Option(
 class ExportFormat(StrEnum):
     parquet = "parquet"
     imagefolder = "imagefolder"
+    webdataset = "webdataset"
 
 
 def _table(rows: list[dict], title: str | None = None, limit: int | None = None):
@@ -105,21 +106,36 @@ def query(
 
 
 def export(
-    fmt: ExportFormat = typer.Argument(..., help="parquet or imagefolder"),
+    fmt: ExportFormat = typer.Argument(..., help="parquet, imagefolder or webdataset"),
     store: Path = EXISTING_STORE,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
     label: str = typer.Option(
         "raw_label", "--label", help="imagefolder: column naming the folders."
     ),
+    split: str = typer.Option(None, "--split", help="webdataset: the split to export."),
+    rank: str = typer.Option("deepest", "--rank", help="webdataset: label rank of the view."),
+    samples_per_shard: int = typer.Option(
+        10_000, "--samples-per-shard", min=1, help="webdataset: samples per tar shard."
+    ),
 ) -> None:
     """Export the store: Parquet (loads with datasets.load_dataset("parquet", …), image bytes
-    kept) or an image-folder tree with metadata.csv."""
-    from planktonzilla.data.export import export_imagefolder, export_parquet
+    kept), an image-folder tree with metadata.csv, or WebDataset tar shards of a split's
+    dataset view (`<side>-NNNNNN.tar` + index.json + sizes.json) that `pz train --data`,
+    `webdataset` and open_clip's training stream."""
+    from planktonzilla.data.export import export_imagefolder, export_parquet, export_webdataset
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)
-    if fmt is ExportFormat.parquet:
+    if fmt is ExportFormat.webdataset:
+        if split is None or where is not None:
+            console.print("[red]webdataset export takes --split (and no --where)[/]")
+            raise typer.Exit(2)
+        index = export_webdataset(s, split, out, samples_per_shard=samples_per_shard, rank=rank)
+        for side, info in index["sides"].items():
+            console.print(f"{side}: {info['samples']:,} samples in {len(info['shards'])} shard(s)")
+        console.print(f"wrote {out / 'index.json'}; train with pz train … --data {out}")
+    elif fmt is ExportFormat.parquet:
         paths = export_parquet(s, out, where=where)
         console.print(f"wrote {len(paths)} Parquet file(s) to {out}")
     else:
