@@ -36,6 +36,11 @@ from planktonzilla.records import DEFAULTABLE, Record, Rejection
 from planktonzilla.store import schema
 from planktonzilla.store.layout import StoreLayout, read_manifest
 
+#: DuckDB working memory per connection (`PZ_DUCKDB_MEMORY` overrides): past it, sorts, joins
+#: and window functions spill to a temporary directory, so a whole-store query (a split, the
+#: dataset view) takes bounded memory at any store size rather than DuckDB's default 80 % of RAM.
+DUCKDB_MEMORY = "1GB"
+
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 
@@ -280,9 +285,13 @@ class ObjectStore:
         kingdom … species, taxon, taxon_rank, aphia_id, root_class, plankton, qualifier,
         taxonomy_status), `rejected`, `taxonomy` (the mapping in use) and `splits` (scheme,
         object_id, split: every `splits/<scheme>.parquet`; empty when none)."""
+        import tempfile
+
         import duckdb
 
-        con = duckdb.connect()
+        spill = os.path.join(tempfile.gettempdir(), "planktonzilla-duckdb")
+        memory = os.environ.get("PZ_DUCKDB_MEMORY", DUCKDB_MEMORY)
+        con = duckdb.connect(config={"memory_limit": memory, "temp_directory": spill})
         for kind, table_schema in (("objects", schema.OBJECTS), ("rejected", schema.REJECTED)):
             files = self.shard_files(kind)
             name = "objects_raw" if kind == "objects" else kind
