@@ -11,8 +11,10 @@ collections whose shipped mapping resolves them (Zipf-spread: a few labels hold 
 
 Each step runs in a fresh child process (`--child STEP`), which reports its wall time and its
 peak RSS above the interpreter + imports baseline (`ru_maxrss`). Per step the JSON gives both
-sizes, the ratio 2 M / 200 k (10 = linear) and a linear extrapolation to 17.4 M; the target is
-memory flat or O(labels) — nothing above 8 GB at 17.4 M. Steps not in this branch: null.
+sizes, the ratio 2 M / 200 k (10 = linear), a linear extrapolation to 17.4 M, and a bound on
+the 17.4 M peak: the step rerun at 2 M with DuckDB held at 256 MB, its peak less that cap
+scaled by 17.4 M / 2 M, plus DuckDB's default 1 GB cap (`ObjectStore.connect`). The target
+is memory flat or O(labels) — nothing above 8 GB at 17.4 M. Steps not in this branch: null.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 FULL = 17_400_000
 SOURCES = ("planktoscope", "global_uvp5", "zooscan", "whoi")
 SAMPLE = 500  # objects per sample_id
+CAPPED, CAPPED_MB, DEFAULT_MB = "256MB", 244.0, 954.0  # DuckDB budgets (MB = 10^6 B, in MiB)
 STEPS = (
     "ingest_10k",
     "stats",
@@ -239,12 +242,15 @@ def _child(step: str, root: Path) -> None:
     print(json.dumps(out))
 
 
-def measure(step: str, root: Path) -> dict | None:
+def measure(step: str, root: Path, duckdb_memory: str | None = None) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    if duckdb_memory:
+        env["PZ_DUCKDB_MEMORY"] = duckdb_memory
     proc = subprocess.run(
         [sys.executable, __file__, "--child", step, "--root", str(root)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        env=env,
     )
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1:]}
@@ -283,10 +289,19 @@ def main() -> None:
             grow = (FULL - n_big) / (n_big - n_small)
             row["ratio_seconds"] = big["seconds"] / max(small["seconds"], 1e-9)
             row["ratio_peak"] = big["peak_mb"] / max(small["peak_mb"], 1e-9)
-            row["at_17.4M"] = {
+            # linear in objects from the two sizes: an upper bound where DuckDB still grew
+            # towards its cap between them
+            row["at_17.4M_linear"] = {
                 "seconds": big["seconds"] + grow * (big["seconds"] - small["seconds"]),
                 "peak_mb": big["peak_mb"] + grow * max(0.0, big["peak_mb"] - small["peak_mb"]),
             }
+            # DuckDB held at CAPPED at the big size: what is left grows with the objects (an
+            # upper bound: fixed costs scaled too), plus DuckDB's default cap
+            capped = measure(step, roots[sizes[-1]], CAPPED)
+            if capped and "error" not in capped:
+                rest = max(0.0, capped["peak_mb"] - CAPPED_MB)
+                row[f"{sizes[-1]}_duckdb_{CAPPED}"] = capped
+                row["at_17.4M_peak_mb_bound"] = DEFAULT_MB + rest * FULL / n_big
         elif row.get(str(sizes[0])) is None:
             row["note"] = "not available in this branch"
         steps[step] = row
