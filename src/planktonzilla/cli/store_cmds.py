@@ -10,13 +10,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
+from planktonzilla.cli._common import EXISTING_STORE_OPTION, console, fail
 
 
 class ExportFormat(StrEnum):
     parquet = "parquet"
     imagefolder = "imagefolder"
     dwca = "dwca"
+    webdataset = "webdataset"
 
 
 def _table(rows: list[dict], title: str | None = None, limit: int | None = None):
@@ -131,7 +132,7 @@ def verify(
 
 
 def export(
-    fmt: ExportFormat = typer.Argument(..., help="parquet or imagefolder"),
+    fmt: ExportFormat = typer.Argument(..., help="parquet, imagefolder, webdataset or dwca"),
     store: Path = EXISTING_STORE_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     where: str = typer.Option(None, "--where", help="SQL filter on the objects view."),
@@ -152,11 +153,18 @@ def export(
     allow_mixed_licenses: bool = typer.Option(
         False, "--allow-mixed-licenses", help="dwca: export images of several licences"
     ),
+    split: str = typer.Option(None, "--split", help="webdataset: the split to export."),
+    rank: str = typer.Option("deepest", "--rank", help="webdataset: label rank of the view."),
+    samples_per_shard: int = typer.Option(
+        10_000, "--samples-per-shard", min=1, help="webdataset: samples per tar shard."
+    ),
 ) -> None:
     """Export the store: Parquet (loads with datasets.load_dataset("parquet", …), image bytes
-    kept), an image-folder tree with metadata.csv, or `dwca`: a Darwin Core Archive (zip at
-    --out) of abundances for OBIS / GBIF."""
-    from planktonzilla.data.export import export_imagefolder, export_parquet
+    kept), an image-folder tree with metadata.csv, WebDataset tar shards of a split's dataset
+    view (`<side>-NNNNNN.tar` + index.json + sizes.json) that `pz train --data`, `webdataset`
+    and open_clip's training stream, or `dwca`: a Darwin Core Archive (zip at --out) of
+    abundances for OBIS / GBIF."""
+    from planktonzilla.data.export import export_imagefolder, export_parquet, export_webdataset
     from planktonzilla.store import ObjectStore
 
     s = ObjectStore(store)
@@ -169,6 +177,13 @@ def export(
             allow_mixed_licenses=allow_mixed_licenses,
         )  # fmt: skip
         console.print(f"wrote {path}")
+    elif fmt is ExportFormat.webdataset:
+        if split is None or where is not None:
+            raise fail("webdataset export takes --split (and no --where)")
+        index = export_webdataset(s, split, out, samples_per_shard=samples_per_shard, rank=rank)
+        for side, info in index["sides"].items():
+            console.print(f"{side}: {info['samples']:,} samples in {len(info['shards'])} shard(s)")
+        console.print(f"wrote {out / 'index.json'}; train with pz train … --data {out}")
     elif fmt is ExportFormat.parquet:
         paths = export_parquet(s, out, where=where)
         console.print(f"wrote {len(paths)} Parquet file(s) to {out}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from planktonzilla.cli._common import EXISTING_STORE_OPTION, console
+from planktonzilla.cli._common import console
 
 
 class Kind(StrEnum):
@@ -22,8 +22,19 @@ class Kind(StrEnum):
 
 def train(
     kind: Kind = typer.Argument(..., help="supervised or clip"),
-    store: Path = EXISTING_STORE_OPTION,
-    split: str = typer.Option(..., "--split", help="Split table name (see `pz split`)."),
+    store: Path = typer.Option(
+        None, "--store", "-s", exists=True, file_okay=False, help="Store directory."
+    ),
+    split: str = typer.Option(None, "--split", help="Split table name (see `pz split`)."),
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="Train from `pz export webdataset` shards instead: their folder or fsspec URL"
+        " (label space and split from its index.json).",
+    ),
+    data_lanes: int = typer.Option(
+        None, "--data-lanes", min=1, help="--data: shard streams (default: the world size)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     config: Path = typer.Option(
         None, "--config", exists=True, dir_okay=False, help="TOML file of training settings."
@@ -92,9 +103,16 @@ def train(
         "accum": accum,
         "checkpoint_every": checkpoint_every,
         "halt_after_step": halt_after_step,
+        "data_lanes": data_lanes,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
-    settings.update(kind=kind.value, store=str(store), split=split, out=str(out), resume=resume)
+    if (store is None or split is None) and (data is None or store is not None):
+        console.print("[red]training needs --store and --split, or --data (+ both to calibrate)[/]")
+        raise typer.Exit(2)
+    settings.update(kind=kind.value, out=str(out), resume=resume)
+    settings.update(store=str(store or ""), data=data or "")
+    if split is not None:
+        settings["split"] = split
     main = int(os.environ.get("RANK", "0")) == 0
     settings["progress"] = progress and main
     try:
@@ -108,8 +126,9 @@ def train(
 
 def train_and_calibrate(cfg) -> dict:
     """The training workflow: train (every torchrun process), then, on the main process of a
-    finished run with a val side, calibrate the abstention / OOD thresholds `pz predict` uses
-    (`planktonzilla.inference.calibrate`)."""
+    finished run with a val side and a store, calibrate the abstention / OOD thresholds
+    `pz predict` uses (`planktonzilla.inference.calibrate`; a --data run without --store is
+    not calibrated)."""
     import os
 
     from planktonzilla.inference import calibrate
@@ -118,7 +137,7 @@ def train_and_calibrate(cfg) -> dict:
 
     summary = train(cfg)
     main = int(os.environ.get("RANK", "0")) == 0
-    if main and not summary["halted"] and summary.get("val_loss") is not None:
+    if main and not summary["halted"] and summary.get("val_loss") is not None and cfg.store:
         calibrate(cfg.out, ObjectStore(cfg.store), cfg.split, device=cfg.device)
     return summary
 

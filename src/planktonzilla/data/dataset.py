@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -92,7 +93,9 @@ class DatasetView:
 
     def counts(self) -> dict[str, int]:
         """Images per side."""
-        values = Counter(self.table["split"].to_pylist())
+        values = {
+            row["values"]: row["counts"] for row in pc.value_counts(self.table["split"]).to_pylist()
+        }
         return {side: values.get(side, 0) for side in SIDES}
 
 
@@ -175,15 +178,31 @@ def dataset_view(
             f" GROUP BY label HAVING count(*) >= {int(min_per_class)})"
             " SELECT v.* FROM v SEMI JOIN keep USING (label)"
         )
+    # Streamed and columnar: each batch's lineage groups are counted (O(classes)), its
+    # repetitive text columns dictionary-encoded (4 bytes a row), so the view costs about
+    # 100 bytes per object rather than a kilobyte of plain strings.
+    names = [c for c in COLUMNS if c != "label_index"]
+    groups, parts = [], []
     con = store.connect()
     try:
-        rows = con.sql(sql + " ORDER BY split, object_id", params=params or None).to_arrow_table()
+        relation = con.sql(sql + " ORDER BY split, object_id", params=params or None)
+        reader = relation.to_arrow_reader(1 << 16)
+        for part in (pa.Table.from_batches([b]) for b in reader):
+            groups.append(part.group_by(_LINEAGE_KEYS, use_threads=False).aggregate(_COUNT))
+            parts.append(_compact(part.select(names)))
+        if not parts:  # no rows: the empty table, typed
+            empty = reader.schema.empty_table()
+            groups.append(empty.group_by(_LINEAGE_KEYS, use_threads=False).aggregate(_COUNT))
+            parts.append(_compact(empty.select(names)))
     finally:
         con.close()
-    classes = sorted(set(rows["label"].to_pylist()))
-    lineages = _class_lineages(rows, classes, rank)
-    index = pc.index_in(rows["label"], value_set=pa.array(classes, pa.string()))
-    table = rows.append_column("label_index", index.cast(pa.int32())).select(list(COLUMNS))
+    rows = pa.concat_tables(parts).unify_dictionaries()
+    counted = pa.concat_tables(groups).group_by(_LINEAGE_KEYS, use_threads=False)
+    counted = counted.aggregate([("count_all", "sum")])  # column "count_all_sum"
+    classes = sorted(set(counted["label"].to_pylist()))
+    lineages = _class_lineages(counted, classes, rank)
+    index = _label_index(rows["label"], classes)
+    table = rows.append_column("label_index", index).select(list(COLUMNS))
     return DatasetView(
         table=table,
         classes=classes,
@@ -195,12 +214,45 @@ def dataset_view(
     )
 
 
-def _class_lineages(rows: pa.Table, classes: list[str], rank: str) -> list[dict[str, Any]]:
+_LINEAGE_KEYS = ["label", *RANKS, "taxon", "taxon_rank", "aphia_id", "root_class"]
+_COUNT = [([], "count_all")]
+_PLAIN = ("object_id", "split")  # unique per row / compared by `side`: kept as plain strings
+
+
+def _compact(part: pa.Table) -> pa.Table:
+    """The text columns other than `_PLAIN` dictionary-encoded, every column in Arrow's own
+    memory: a column exported by DuckDB keeps its whole batch (every column, dropped ones
+    too) alive, ~3x the view's own size."""
+    every_row = pa.array(np.arange(part.num_rows))
+    for i, f in enumerate(part.schema):
+        column = part.column(i)
+        if f.name not in _PLAIN and pa.types.is_string(f.type):
+            column = pc.dictionary_encode(column)
+        else:
+            column = column.take(every_row)  # a copy
+        part = part.set_column(i, f.name, column)
+    return part
+
+
+def _label_index(labels: pa.ChunkedArray, classes: list[str]) -> pa.ChunkedArray:
+    """int32 position of each label in `classes`, through the (shared) dictionary."""
+    value_set = pa.array(classes, pa.string())
+    chunks = []
+    for chunk in labels.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lookup = pc.index_in(chunk.dictionary, value_set=value_set).cast(pa.int32())
+            chunks.append(pc.take(lookup, chunk.indices))
+        else:
+            chunks.append(pc.index_in(chunk, value_set=value_set).cast(pa.int32()))
+    return pa.chunked_array(chunks, pa.int32())
+
+
+def _class_lineages(counted: pa.Table, classes: list[str], rank: str) -> list[dict[str, Any]]:
     """Per class: its lineage truncated at the class's rank (the most common one when the
-    mapping gives a name two lineages), its name, rank and AphiaID (when known at that rank)."""
+    mapping gives a name two lineages), its name, rank and AphiaID (when known at that rank).
+    `counted`: objects per distinct (`_LINEAGE_KEYS`), in `count_all_sum`."""
     seen: dict[str, Counter] = {c: Counter() for c in classes}
-    keys = ["label", *RANKS, "taxon", "taxon_rank", "aphia_id", "root_class"]
-    for row in rows.group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist():
+    for row in counted.to_pylist():
         if rank == "deepest":
             lineage = tuple(row[r] for r in RANKS)
             name, at_rank, aphia = row["taxon"], row["taxon_rank"], row["aphia_id"]
@@ -210,7 +262,8 @@ def _class_lineages(rows: pa.Table, classes: list[str], rank: str) -> list[dict[
             name, at_rank = row["label"], rank
             exact = row["taxon_rank"] == rank and row["taxon"] == row["label"]
             aphia = row["aphia_id"] if exact else None
-        seen[row["label"]][(lineage, name, at_rank, aphia, row["root_class"])] += row["count_all"]
+        key = (lineage, name, at_rank, aphia, row["root_class"])
+        seen[row["label"]][key] += row["count_all_sum"]
     out = []
     for label in classes:
         # prefer a known AphiaID, then the most common lineage, then a stable order

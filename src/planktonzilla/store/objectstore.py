@@ -47,6 +47,11 @@ from planktonzilla.store.layout import StoreLayout, read_manifest
 
 #: Characters of an over-long raw label kept in its `bad_label` rejection.
 _LABEL_KEPT = 200
+#: DuckDB working memory per connection (`PZ_DUCKDB_MEMORY` overrides): past it, sorts, joins
+#: and window functions spill to a temporary directory, so a whole-store query (a split, the
+#: dataset view) takes bounded memory at any store size rather than DuckDB's default 80 % of RAM.
+DUCKDB_MEMORY = "1GB"
+
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 
@@ -309,9 +314,13 @@ class ObjectStore:
         taxonomy_status), `rejected`, `taxonomy` (the mapping in use) and `splits` (scheme,
         object_id, split: every `splits/<scheme>.parquet`; empty when none) and `samples` (every
         `samples/<source>.parquet`, schema.SAMPLES; empty when none)."""
+        import tempfile
+
         import duckdb
 
-        con = duckdb.connect()
+        spill = os.path.join(tempfile.gettempdir(), "planktonzilla-duckdb")
+        memory = os.environ.get("PZ_DUCKDB_MEMORY", DUCKDB_MEMORY)
+        con = duckdb.connect(config={"memory_limit": memory, "temp_directory": spill})
         for kind, table_schema in (("objects", schema.OBJECTS), ("rejected", schema.REJECTED)):
             files = self.shard_files(kind)
             name = "objects_raw" if kind == "objects" else kind

@@ -56,6 +56,8 @@ class TrainConfig:
     kind: str = "supervised"  # supervised | clip
     store: str = ""
     split: str = "stratified"  # a split table name (`pz split`)
+    data: str = ""  # a `pz export webdataset` folder or fsspec URL: train from its shards instead
+    data_lanes: int = 0  # shard streams (see data.shards); 0: the world size
     out: str = "model"
     # data
     rank: str = "deepest"  # label rank: deepest | kingdom … species
@@ -479,13 +481,17 @@ def model_config(cfg: TrainConfig, view, fill: str | int = "border") -> dict[str
 FILL_SAMPLE = 256
 
 
-def resolve_fill(fill: str | int, store, train_table) -> str | int:
-    """The contract's fill: "auto" becomes one level, the median border level of up to
-    `FILL_SAMPLE` training images (the same on every rank: chosen by object id)."""
+def resolve_fill(fill: str | int, images) -> str | int:
+    """The contract's fill: "auto" becomes one level, the median border level of `images()`:
+    up to `FILL_SAMPLE` training images (the same on every rank: chosen by object id)."""
     if fill != "auto":
         return fill
     from planktonzilla.data.preprocess import estimate_fill
 
+    return estimate_fill(images())
+
+
+def _first_images(store, train_table) -> list[bytes]:
     ids = sorted(train_table["object_id"].to_pylist())[:FILL_SAMPLE]
     con = store.connect()
     try:
@@ -495,7 +501,7 @@ def resolve_fill(fill: str | int, store, train_table) -> str | int:
         ).fetchall()
     finally:
         con.close()
-    return estimate_fill(r[0] for r in rows if r[0] is not None)
+    return [r[0] for r in rows if r[0] is not None]
 
 
 def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
@@ -514,23 +520,39 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        store = ObjectStore(cfg.store)
-        view = dataset_view(
-            store,
-            cfg.split,
-            rank=cfg.rank,
-            plankton_only=cfg.plankton_only,
-            living_only=cfg.living_only,
-            min_per_class=cfg.min_per_class,
-        )
-        train_table = view.side("train")
-        if not train_table.num_rows:
-            raise ValueError(f"split {cfg.split!r} has no training images after the filters")
-        labels = train_table["label_index"].to_numpy(zero_copy_only=False)
-        counts = np.bincount(labels, minlength=view.num_classes).astype(np.float64)
+        if cfg.data:  # the label space, filters and split come with the shards (index.json)
+            from planktonzilla.data.shards import ShardIndex, make_shard_loader
+
+            if cfg.balanced:
+                raise ValueError("class-balanced sampling needs the store (--store), not --data")
+            view = shards = ShardIndex.open(cfg.data)
+            train_images = shards.samples("train")
+            counts = shards.class_counts("train").astype(np.float64)
+            test_counts = shards.class_counts("test")
+        else:
+            store = ObjectStore(cfg.store)
+            view = dataset_view(
+                store,
+                cfg.split,
+                rank=cfg.rank,
+                plankton_only=cfg.plankton_only,
+                living_only=cfg.living_only,
+                min_per_class=cfg.min_per_class,
+            )
+            train_table = view.side("train")
+            train_images = train_table.num_rows
+            labels = train_table["label_index"].to_numpy(zero_copy_only=False)
+            counts = np.bincount(labels, minlength=view.num_classes).astype(np.float64)
+            test_labels = view.side("test")["label_index"].to_numpy(zero_copy_only=False)
+            test_counts = np.bincount(test_labels, minlength=view.num_classes)
+        if not train_images:
+            raise ValueError(f"split {view.scheme!r} has no training images after the filters")
 
         torch.manual_seed(cfg.seed)
-        fill = resolve_fill(cfg.fill, store, train_table)
+        if cfg.data:  # the same images as from the store: those of the smallest ids
+            fill = resolve_fill(cfg.fill, lambda: shards.first_images("train", FILL_SAMPLE))
+        else:
+            fill = resolve_fill(cfg.fill, lambda: _first_images(store, train_table))
         model = build_model(model_config(cfg, view, fill), pretrained=cfg.pretrained)
         loader_args = {
             "preprocess": model.preprocess,
@@ -539,24 +561,40 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
             "world_size": dist.world_size,
             "workers": cfg.workers,
         }
-        loader = make_loader(
-            store,
-            train_table,
-            batch_size=cfg.batch_size,
-            train=True,
-            balanced=cfg.balanced,
-            **loader_args,
-        )
+        if cfg.data:
+            loader = make_shard_loader(
+                shards,
+                "train",
+                batch_size=cfg.batch_size,
+                train=True,
+                lanes=cfg.data_lanes or None,
+                **loader_args,
+            )
+        else:
+            loader = make_loader(
+                store,
+                train_table,
+                batch_size=cfg.batch_size,
+                train=True,
+                balanced=cfg.balanced,
+                **loader_args,
+            )
         batches = len(loader)  # global batches per epoch (every rank gets a slice of each)
         if not batches:
             raise ValueError(
-                f"{train_table.num_rows} training images make no full batch of {cfg.batch_size}"
+                f"{train_images} training images make no full batch of {cfg.batch_size}"
             )
         steps_per_epoch = math.ceil(batches / cfg.accum)
         total_steps = cfg.epochs * steps_per_epoch
         trainer = Trainer(model, cfg, class_counts=counts, total_steps=total_steps, dist=dist)
 
         def eval_loader(side: str):
+            if cfg.data:
+                if not shards.samples(side):
+                    return None
+                return make_shard_loader(
+                    shards, side, batch_size=cfg.batch_size, train=False, **loader_args
+                )
             table = view.side(side)
             if not table.num_rows:
                 return None
@@ -577,7 +615,7 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
                 event="start",
                 step=0,
                 world_size=dist.world_size,
-                train_images=train_table.num_rows,
+                train_images=train_images,
                 classes=view.num_classes,
                 steps=total_steps,
                 config=asdict(cfg),
@@ -651,10 +689,8 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
             return summary
         test_loader = eval_loader("test")
         test = trainer.evaluate(test_loader) if test_loader is not None else {}
-        test_labels = view.side("test")["label_index"].to_numpy(zero_copy_only=False)
-        majority = (
-            float(np.mean(test_labels == int(np.argmax(counts)))) if len(test_labels) else None
-        )
+        n_test = int(test_counts.sum())
+        majority = float(test_counts[int(np.argmax(counts))] / n_test) if n_test else None
         metrics = {
             "val_loss": val.get("loss"),
             "val_top1": val.get("top1"),
@@ -671,7 +707,7 @@ def train(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
                 out,
                 taxonomy_version=mapping_version(),
                 store_manifest_hash=view.manifest_hash,
-                split={"name": cfg.split, "info": view.split_info},
+                split={"name": view.scheme, "info": view.split_info},
                 filters=view.filters,
                 class_counts_train=counts.astype(int).tolist(),
                 training={**asdict(cfg), "world_size": dist.world_size, "steps": step},
