@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from planktonzilla.fileio import atomic_write
 from planktonzilla.taxonomy.backbone import DATA_DIR, Backbone
 from planktonzilla.taxonomy.lineage import RANKS, Lineage
 from planktonzilla.taxonomy.resolve import (
@@ -69,9 +70,7 @@ def write_mapping(
         writer.writerow(_csv_row(row))
     data = buf.getvalue().encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(path, data)
     meta = {
         "taxonomy_version": TAXONOMY_VERSION,
         "backbone_digest": backbone_digest,
@@ -81,7 +80,7 @@ def write_mapping(
         "provenance": dict(Counter(r["provenance"] for r in rows)),
         "deepest_rank": dict(Counter(deepest_rank(r) for r in rows)),
     }
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 
 
