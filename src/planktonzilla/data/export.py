@@ -19,6 +19,22 @@ from planktonzilla.store import ObjectStore
 _HF_IMAGE = {"_type": "Image"}
 
 
+#: The per-object metadata every export carries beside the image.
+_METADATA = (
+    "object_id",
+    "source",
+    "source_object_id",
+    "raw_label",
+    "instrument",
+    "sample_id",
+    "lat",
+    "lon",
+    "depth_min",
+    "depth_max",
+    "time_utc",
+)
+
+
 def export_parquet(
     store: ObjectStore, out: Path, *, where: str | None = None, rows_per_file: int = 50_000
 ) -> list[Path]:
@@ -76,20 +92,7 @@ def export_imagefolder(
     (the `datasets` imagefolder convention). Returns the number of images written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    columns = [
-        "object_id",
-        "source",
-        "source_object_id",
-        "raw_label",
-        "instrument",
-        "sample_id",
-        "lat",
-        "lon",
-        "depth_min",
-        "depth_max",
-        "time_utc",
-        "license",
-    ]
+    columns = [*_METADATA, "license"]
     con = store.connect()
     n = 0
     try:
@@ -119,23 +122,7 @@ def export_imagefolder(
 #: what WebDataset streaming is sized for (large sequential reads, a few shards per worker).
 SHARD_SAMPLES = 10_000
 SHARD_BYTES = 512 << 20
-_WDS_META = (
-    "object_id",
-    "source",
-    "source_object_id",
-    "raw_label",
-    "instrument",
-    "sample_id",
-    "lat",
-    "lon",
-    "depth_min",
-    "depth_max",
-    "time_utc",
-    "width",
-    "height",
-    "license",
-    "license_url",
-)
+_WDS_META = (*_METADATA, "width", "height", "license", "license_url")
 
 
 def export_webdataset(
