@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planktonzilla.exceptions import DownloadError
-from planktonzilla.fileio import commit_file
+from planktonzilla.fileio import commit_file, sha256_file
 
 if TYPE_CHECKING:
     import httpx
@@ -157,14 +156,6 @@ def _status_help(r: httpx.Response) -> str:
         416: "requested range not satisfiable",
     }.get(code, r.reason_phrase or "error")
     return f"HTTP {code} {what} ({r.request.url})"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(
